@@ -1,0 +1,217 @@
+//! Builds and runs the whole hub from `Settings`: store, mappings, routes, pipeline, outbound
+//! adapters, dispatcher and HTTP server. `main` and the end-to-end tests share this code, so the
+//! tests run exactly what production runs (on port 0, against a private store).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use synchub_adapter_rest::{ApiKey, InboundConfig, RestOutbound, RestOutboundConfig};
+use synchub_adapter_sdk::{Inbox, Outbound, Principal};
+use synchub_transform::jq::Mappings;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::dispatch::Dispatcher;
+use crate::http::auth::Operators;
+use crate::http::{AppState, EndpointStates};
+use crate::pipeline::Pipeline;
+use crate::routing::RouteTable;
+use crate::settings::{Direction, EndpointConfig, Settings};
+use crate::store::Store;
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    dispatcher: Arc<Dispatcher>,
+    store: Store,
+    pipeline: Arc<Pipeline>,
+}
+
+fn problems_to_error<P: std::fmt::Display>(what: &str, problems: &[P]) -> anyhow::Error {
+    let lines: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+    anyhow!(
+        "{what} ({} problems):\n{}",
+        problems.len(),
+        lines.join("\n")
+    )
+}
+
+/// Resolves a secret named by `*_env` from the environment; never logged.
+fn secret_from_env(var: &Option<String>) -> anyhow::Result<Option<String>> {
+    match var {
+        Some(v) => std::env::var(v)
+            .map(Some)
+            .with_context(|| format!("Failed to read the secret from environment variable {v}")),
+        None => Ok(None),
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let problems = settings.validate();
+        if !problems.is_empty() {
+            return Err(problems_to_error("Configuration rejected", &problems));
+        }
+        let mappings = Mappings::load(&settings.mappings_dir()).map_err(|p| {
+            problems_to_error(
+                "Mappings failed to load",
+                &p.iter()
+                    .map(|p| format!("{}: {}: {}", p.file.display(), p.key_path, p.message))
+                    .collect::<Vec<_>>(),
+            )
+        })?;
+        let mappings = Arc::new(mappings);
+        let routes = Arc::new(
+            RouteTable::compile(&settings, &mappings)
+                .map_err(|p| problems_to_error("Routes rejected", &p))?,
+        );
+        let store = Store::open(&settings.store.url).await.with_context(|| {
+            format!(
+                "Failed to open the store at {}",
+                redact_url(&settings.store.url)
+            )
+        })?;
+        let wake = Arc::new(Notify::new());
+        let pipeline = Arc::new(Pipeline::new(
+            store.clone(),
+            routes.clone(),
+            mappings.clone(),
+            &settings,
+            wake.clone(),
+        ));
+
+        let mut outbounds: HashMap<String, Arc<dyn Outbound>> = HashMap::new();
+        let mut crm = HashMap::new();
+        let mut partner_routes = axum::Router::new();
+        let mut endpoint_kinds = Vec::new();
+        for (id, ep) in &settings.endpoints {
+            match ep {
+                EndpointConfig::Rest(r) if r.direction == Direction::Out => {
+                    let mut cfg = RestOutboundConfig::new(r.url.clone().unwrap_or_default());
+                    cfg.timeout_ms = r.timeout_ms;
+                    cfg.headers = r.headers.clone();
+                    cfg.bearer_token = secret_from_env(&r.bearer_token_env)?;
+                    let out = RestOutbound::new(cfg)
+                        .with_context(|| format!("Failed to build endpoint {id}"))?;
+                    outbounds.insert(id.clone(), Arc::new(out));
+                    endpoint_kinds.push((id.clone(), "rest out".to_string()));
+                }
+                EndpointConfig::Rest(_) => {
+                    let mut cfg = InboundConfig::new(id.clone());
+                    cfg.max_body_bytes = settings.http.max_body_bytes;
+                    cfg.max_records = settings.http.max_records;
+                    cfg.api_keys = settings
+                        .auth
+                        .api_keys
+                        .iter()
+                        .map(|k| ApiKey {
+                            sha256: k.key_sha256.to_ascii_lowercase(),
+                            principal: Principal {
+                                system: k.system.clone(),
+                                dealer_code: k.dealer_code.clone(),
+                            },
+                        })
+                        .collect();
+                    let inbox: Arc<dyn Inbox> = pipeline.clone();
+                    partner_routes = partner_routes.merge(synchub_adapter_rest::router(cfg, inbox));
+                    endpoint_kinds.push((id.clone(), "rest in".to_string()));
+                }
+                EndpointConfig::CrmStore(c) => {
+                    crm.insert(id.clone(), c.key_field_approval);
+                    endpoint_kinds.push((id.clone(), "crm store".to_string()));
+                }
+            }
+        }
+        let dispatcher = Arc::new(Dispatcher::new(
+            store.clone(),
+            pipeline.clone(),
+            outbounds,
+            crm,
+            settings.dispatch.clone(),
+            wake,
+        ));
+        let state = AppState {
+            store: store.clone(),
+            pipeline: pipeline.clone(),
+            operators: Arc::new(Operators::from_config(&settings.auth.operators)),
+            prometheus: crate::telemetry::prometheus(),
+            route_ids: Arc::new(routes.routes().iter().map(|r| r.id.clone()).collect()),
+            endpoints: Arc::new(endpoint_kinds),
+            endpoint_state: Arc::new(EndpointStates::default()),
+        };
+        let router = crate::http::router(state, partner_routes)
+            .layer(CatchPanicLayer::new())
+            .layer(TraceLayer::new_for_http());
+        let listener = TcpListener::bind(&settings.http.listen)
+            .await
+            .with_context(|| format!("Failed to listen on {}", settings.http.listen))?;
+        Ok(Application {
+            listener,
+            router,
+            dispatcher,
+            store,
+            pipeline,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn dispatcher(&self) -> Arc<Dispatcher> {
+        self.dispatcher.clone()
+    }
+
+    pub fn pipeline(&self) -> Arc<Pipeline> {
+        self.pipeline.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops taking requests, lets in-flight attempts
+    /// finish and closes the store (the SQLite writer commits what it has queued).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let dispatcher = tokio::spawn(self.dispatcher.clone().run(stop_rx));
+        tracing::info!(listen = %self.local_addr(), "synchub is serving.");
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")?;
+        let _ = stop_tx.send(true);
+        let _ = dispatcher.await;
+        self.store.close().await;
+        tracing::info!("synchub stopped.");
+        Ok(())
+    }
+}
+
+/// A store URL with any password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,354 @@
+//! The dispatcher: claims due deliveries (lane heads only), makes exactly one attempt each through
+//! the target's outbound adapter (or the CRM store sink, inside the same transaction as the
+//! delivery's status), records the attempt, and schedules the retry with jittered exponential
+//! backoff, honouring the partner's Retry-After, until the route's max attempts park it.
+//! This is the only place in synchub that decides about retries.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use synchub_adapter_sdk::{ContentType, Delivery, Outbound, Outcome};
+use tokio::sync::{Notify, Semaphore, watch};
+
+use crate::crm::{self, CrmFailure};
+use crate::pipeline::Pipeline;
+use crate::settings::DispatchSettings;
+use crate::store::journal::{self, AttemptRecord, Claimed};
+use crate::store::{Store, StoreError, now_ms};
+use crate::telemetry::metrics_names as m;
+
+pub struct Dispatcher {
+    store: Store,
+    pipeline: Arc<Pipeline>,
+    outbounds: HashMap<String, Arc<dyn Outbound>>,
+    /// CRM store endpoints by id → whether key-field changes from dealers need approval.
+    crm: HashMap<String, bool>,
+    cfg: DispatchSettings,
+    /// Woken by the pipeline when new deliveries are journaled, so idle polling stays rare.
+    wake: Arc<Notify>,
+}
+
+/// When the next attempt should happen: the partner's wish if it gave one, else exponential
+/// backoff with jitter (50–100 % of the step) so a recovering partner is not hit by a thundering herd.
+pub fn next_delay(
+    attempts: i64,
+    backoff_ms: i64,
+    max_backoff_ms: i64,
+    after: Option<Duration>,
+) -> i64 {
+    if let Some(after) = after {
+        return (after.as_millis() as i64).clamp(0, 24 * 3_600_000);
+    }
+    let exp = (attempts - 1).clamp(0, 30) as u32;
+    let step = backoff_ms
+        .saturating_mul(1i64 << exp)
+        .min(max_backoff_ms)
+        .max(1);
+    let jitter = rand::rng().random_range(0.5..=1.0);
+    (step as f64 * jitter) as i64
+}
+
+/// Turns one attempt's outcome into the delivery's next state.
+pub fn plan(c: &Claimed, outcome: &Outcome, started_at: i64, duration_ms: i64) -> AttemptRecord {
+    let base = AttemptRecord {
+        started_at,
+        duration_ms,
+        outcome: outcome.label(),
+        reason: None,
+        cause_chain: Vec::new(),
+        remote_ref: None,
+        status: "delivered",
+        next_attempt_at: now_ms(),
+    };
+    match outcome {
+        Outcome::Delivered { remote_ref } => AttemptRecord {
+            remote_ref: remote_ref.clone(),
+            ..base
+        },
+        Outcome::Reject {
+            reason,
+            cause_chain,
+        } => AttemptRecord {
+            status: "rejected",
+            reason: Some(reason.clone()),
+            cause_chain: cause_chain.clone(),
+            ..base
+        },
+        Outcome::Retry {
+            reason,
+            after,
+            cause_chain,
+        } => {
+            if c.attempts >= c.max_attempts {
+                AttemptRecord {
+                    status: "parked",
+                    outcome: "parked",
+                    reason: Some(format!("gave up after {} attempts: {reason}", c.attempts)),
+                    cause_chain: cause_chain.clone(),
+                    ..base
+                }
+            } else {
+                AttemptRecord {
+                    status: "pending",
+                    reason: Some(reason.clone()),
+                    cause_chain: cause_chain.clone(),
+                    next_attempt_at: now_ms()
+                        + next_delay(c.attempts, c.backoff_ms, c.max_backoff_ms, *after),
+                    ..base
+                }
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        pipeline: Arc<Pipeline>,
+        outbounds: HashMap<String, Arc<dyn Outbound>>,
+        crm: HashMap<String, bool>,
+        cfg: DispatchSettings,
+        wake: Arc<Notify>,
+    ) -> Dispatcher {
+        Dispatcher {
+            store,
+            pipeline,
+            outbounds,
+            crm,
+            cfg,
+            wake,
+        }
+    }
+
+    /// Runs until `shutdown` turns true; in-flight attempts finish (their leases protect the rest).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let workers = Arc::new(Semaphore::new(self.cfg.workers.max(1)));
+        let mut last_lease_check = Instant::now() - Duration::from_secs(3600);
+        let idle = Duration::from_millis(self.cfg.idle_poll_ms.max(10));
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            if last_lease_check.elapsed() > Duration::from_secs(5) {
+                last_lease_check = Instant::now();
+                match self
+                    .store
+                    .write(|c| Box::pin(journal::release_expired_leases(c)))
+                    .await
+                {
+                    Ok(n) if n > 0 => {
+                        tracing::warn!(count = n, "Released deliveries whose lease expired.")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "Could not release expired leases."),
+                }
+            }
+            let free = workers.available_permits();
+            if free == 0 {
+                let _ = workers.clone().acquire_owned().await.map(drop);
+                continue;
+            }
+            let limit = (free as i64).min(self.cfg.claim_batch.max(1));
+            let lease = self.cfg.lease_secs.max(1) as i64 * 1000;
+            let dialect = self.store.dialect();
+            let claimed = match self
+                .store
+                .write(move |c| Box::pin(journal::claim(c, dialect, limit, lease)))
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Claiming deliveries failed; will try again.");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            for c in claimed {
+                let Ok(permit) = workers.clone().acquire_owned().await else {
+                    break;
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.attempt(c).await;
+                    drop(permit);
+                });
+            }
+        }
+        // Let running attempts finish so their outcomes are recorded.
+        let _ = workers.acquire_many(self.cfg.workers.max(1) as u32).await;
+    }
+
+    /// Attempts everything due now, sequentially, until nothing is due (tests and `replay`).
+    pub async fn drain(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        let dialect = self.store.dialect();
+        loop {
+            let claimed = self
+                .store
+                .write(move |c| Box::pin(journal::claim(c, dialect, 256, 60_000)))
+                .await?;
+            if claimed.is_empty() {
+                return Ok(n);
+            }
+            for c in claimed {
+                n += 1;
+                self.attempt(c).await;
+            }
+        }
+    }
+
+    /// One attempt of one claimed delivery, recorded whatever happens.
+    pub async fn attempt(&self, c: Claimed) {
+        let started_at = now_ms();
+        let t0 = Instant::now();
+        if let Some(&approval) = self.crm.get(&c.target) {
+            match self.apply_crm(c.clone(), approval, started_at, t0).await {
+                Ok(outcome) => self.count(&c, outcome),
+                Err(e) => {
+                    // The CRM write rolled back as a whole; record the failed attempt on its own.
+                    let outcome = Outcome::Retry {
+                        reason: format!("CRM store write failed: {e}"),
+                        after: None,
+                        cause_chain: vec![e.to_string()],
+                    };
+                    self.record(&c, &outcome, started_at, t0).await;
+                }
+            }
+            return;
+        }
+        let outcome = match self.outbounds.get(&c.target) {
+            Some(out) => {
+                let headers: BTreeMap<String, String> =
+                    serde_json::from_str::<serde_json::Value>(&c.headers)
+                        .ok()
+                        .and_then(|v| v.as_object().cloned())
+                        .map(|m| {
+                            m.into_iter()
+                                .filter_map(|(k, v)| v.as_str().map(|s| (k, s.to_string())))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                let delivery = Delivery {
+                    delivery_id: c.id,
+                    message_id: c.message_id,
+                    target: c.target.clone(),
+                    attempt: c.attempts as u32,
+                    idempotency_key: format!("{}:{}", c.message_id, c.target),
+                    correlation_id: c.correlation_id.clone(),
+                    headers,
+                    content_type: ContentType::parse(&c.content_type),
+                    body: c.body.clone().into(),
+                };
+                out.deliver(&delivery).await
+            }
+            None => Outcome::reject(format!(
+                "no outbound adapter is configured for target '{}'",
+                c.target
+            )),
+        };
+        self.record(&c, &outcome, started_at, t0).await;
+    }
+
+    async fn record(&self, c: &Claimed, outcome: &Outcome, started_at: i64, t0: Instant) {
+        let a = plan(c, outcome, started_at, t0.elapsed().as_millis() as i64);
+        let status = a.status;
+        let c2 = c.clone();
+        match self
+            .store
+            .write(move |conn| Box::pin(async move { journal::complete(conn, &c2, &a).await }))
+            .await
+        {
+            Ok(true) => self.count(c, status),
+            Ok(false) => tracing::warn!(
+                delivery = c.id,
+                "Lease lost before the outcome was recorded; another instance owns it."
+            ),
+            Err(e) => {
+                tracing::error!(delivery = c.id, error = %e, "Could not record a delivery attempt; the lease will expire and it will be retried.")
+            }
+        }
+    }
+
+    fn count(&self, c: &Claimed, status: &'static str) {
+        let outcome = match status {
+            "pending" => "retry",
+            other => other,
+        };
+        metrics::counter!(m::ATTEMPTS, "target" => c.target.clone(), "outcome" => outcome)
+            .increment(1);
+        match status {
+            "pending" => metrics::counter!(m::RETRIED, "target" => c.target.clone()).increment(1),
+            "parked" => {
+                tracing::error!(delivery = c.id, target = %c.target, route = %c.route, "Delivery parked after its last attempt; an operator must act.");
+                metrics::counter!(m::DELIVERIES, "target" => c.target.clone(), "outcome" => "parked").increment(1)
+            }
+            s => metrics::counter!(m::DELIVERIES, "target" => c.target.clone(), "outcome" => s)
+                .increment(1),
+        }
+        if status == "delivered" {
+            // Lane successors may now be due.
+            self.wake.notify_one();
+        }
+    }
+
+    /// Applies a delivery to the CRM store and records its status in one transaction.
+    async fn apply_crm(
+        &self,
+        c: Claimed,
+        approval: bool,
+        started_at: i64,
+        t0: Instant,
+    ) -> Result<&'static str, StoreError> {
+        let pipeline = self.pipeline.clone();
+        let wake = self.wake.clone();
+        let status = self
+            .store
+            .write(move |conn| {
+                Box::pin(async move {
+                    let outcome = match crm::apply(conn, &c, approval).await {
+                        Ok(applied) => {
+                            for ev in &applied.events {
+                                journal::insert_prepared(
+                                    conn,
+                                    &pipeline.prepare_event(c.message_id, &c.target, ev),
+                                )
+                                .await?;
+                            }
+                            Ok(applied.summary)
+                        }
+                        Err(CrmFailure::Reject(r)) => Err(Outcome::reject(r)),
+                        Err(CrmFailure::Retry(r)) => Err(Outcome::retry(r)),
+                        Err(CrmFailure::Store(e)) => return Err(e),
+                    };
+                    let mut a = match &outcome {
+                        Ok(_) => plan(&c, &Outcome::Delivered { remote_ref: None }, started_at, 0),
+                        Err(o) => plan(&c, o, started_at, 0),
+                    };
+                    if let Ok(summary) = outcome {
+                        a.reason = Some(summary);
+                    }
+                    a.duration_ms = t0.elapsed().as_millis() as i64;
+                    if !journal::complete(conn, &c, &a).await? {
+                        return Err(StoreError::Conflict(format!(
+                            "lease on delivery {} lost",
+                            c.id
+                        )));
+                    }
+                    Ok(a.status)
+                })
+            })
+            .await?;
+        wake.notify_one();
+        Ok(status)
+    }
+}

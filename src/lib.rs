@@ -1,0 +1,26 @@
+//! synchub: an integration hub that journals every message durably before acknowledging it,
+//! routes and maps it by configuration, and delivers it with retries, lanes and parking.
+//!
+//! Crate map:
+//! - `settings`: layered TOML + environment configuration, validated all at once.
+//! - `check`: `synchub check`, every configuration problem reported with file and key path.
+//! - `store`: the durable journal and CRM tables on SQLite (group commit) or PostgreSQL.
+//! - `routing`: the route table compiled from `routes/*.toml`.
+//! - `pipeline`: the `Inbox` adapters hand submissions to: validate, map, route, journal.
+//! - `dispatch`: claims due deliveries, calls outbound adapters, retries, parks.
+//! - `crm`: the CRM store sink (upserts, history, matching, approvals, change events).
+//! - `http`: ops API, CRM read API, health and metrics.
+//! - `app`: builds and runs the whole hub (shared by `main` and the tests).
+//! - `cli`: the command line.
+
+pub mod app;
+pub mod check;
+pub mod cli;
+pub mod crm;
+pub mod dispatch;
+pub mod http;
+pub mod pipeline;
+pub mod routing;
+pub mod settings;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,179 @@
+//! The durable store: one `Backend` trait with two implementations (embedded SQLite with a
+//! group-committing writer task, and PostgreSQL for scale-out) and the `Store` handle the rest of
+//! the runtime uses. All SQL is shared between the two (epoch-millisecond BIGINTs, TEXT, BLOB)
+//! and runs through sqlx's `Any` driver; the few dialect differences are named where they occur.
+
+pub mod journal;
+pub mod postgres;
+pub mod queries;
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::AnyConnection;
+use sqlx::any::AnyPool;
+use tokio::sync::oneshot;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Errors of the store. Cloneable, because one failed group commit fails every job in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot take writes right now (down, disk full, writer stopped): transient.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A query failed for a reason that retrying will not fix.
+    #[error("store query failed: {0}")]
+    Query(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A caller-level conflict (e.g. an approval already decided).
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::Database(db) => {
+                let msg = db.message().to_ascii_lowercase();
+                // Disk full, read-only or locked databases clear up on their own: report them as
+                // transient so partners get 503 and resend instead of a permanent error.
+                if msg.contains("full")
+                    || msg.contains("readonly")
+                    || msg.contains("locked")
+                    || msg.contains("i/o")
+                    || db
+                        .code()
+                        .is_some_and(|c| c.starts_with("08") || c.starts_with("57"))
+                {
+                    StoreError::Unavailable(e.to_string())
+                } else {
+                    StoreError::Query(e.to_string())
+                }
+            }
+            _ => StoreError::Query(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// What a write job hands back to the backend: whether it succeeded (so its savepoint is kept) and
+/// how to tell its caller once the enclosing transaction's fate is known.
+pub struct JobDone {
+    pub ok: bool,
+    pub finish: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
+
+/// A unit of write work run inside a transaction the backend owns.
+pub type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, JobDone> + Send>;
+
+/// The two storage engines. They differ only in how write jobs reach the database.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    fn dialect(&self) -> Dialect;
+    /// Pool for reads (SQLite: WAL readers beside the single writer).
+    fn pool(&self) -> &AnyPool;
+    /// Runs `job` in a transaction; the job's `finish` is called after COMMIT (or with the error).
+    async fn submit(&self, job: Job) -> Result<(), StoreError>;
+    /// Stops accepting jobs and waits until the queued ones are committed.
+    async fn close(&self);
+}
+
+/// The store handle: cheap to clone, shared by inbound adapters, the dispatcher and the HTTP API.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl Store {
+    /// Opens the store named by `url` (`sqlite://...` or `postgres://...`) and runs migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend: Arc<dyn Backend> =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                Arc::new(postgres::PgBackend::connect(url).await?)
+            } else if url.starts_with("sqlite:") {
+                Arc::new(sqlite::SqliteBackend::open(url).await?)
+            } else {
+                return Err(StoreError::Query(format!(
+                    "unsupported store url '{url}': expected sqlite://<file> or postgres://..."
+                )));
+            };
+        Ok(Store { backend })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.backend.dialect()
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        self.backend.pool()
+    }
+
+    /// Runs `f` inside a write transaction and returns its value only after COMMIT. On SQLite,
+    /// concurrent callers share one transaction (group commit); each job is isolated by a
+    /// savepoint, so one failing job does not fail the others.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |conn: &mut AnyConnection| {
+            Box::pin(async move {
+                match f(conn).await {
+                    Ok(v) => JobDone {
+                        ok: true,
+                        finish: Box::new(move |committed| {
+                            let _ = tx.send(committed.map(|()| v));
+                        }),
+                    },
+                    Err(e) => JobDone {
+                        ok: false,
+                        finish: Box::new(move |_| {
+                            let _ = tx.send(Err(e));
+                        }),
+                    },
+                }
+            })
+        });
+        self.backend.submit(job).await?;
+        rx.await.map_err(|_| {
+            StoreError::Unavailable(
+                "the write was not committed: the store writer failed to run it (see the log)"
+                    .into(),
+            )
+        })?
+    }
+
+    /// Ready = reachable and migrated (migrations run in `open`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(self.pool()).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.backend.close().await;
+    }
+}
+
+/// Current time in epoch milliseconds, the store's time unit.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,53 @@
+//! Logs and metrics: the tracing subscriber (text locally, JSON in production) and the
+//! Prometheus recorder, plus the metric names, kept in one place so labels stay low-cardinality.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::settings::LogFormat;
+
+/// Metric names (`hub_<noun>_<unit>_total`). Labels are endpoint, route, target, outcome or code:
+/// never a VIN, mobile or id — those belong in the searchable key index.
+pub mod metrics_names {
+    /// Transport units received (HTTP requests, messages, files), accepted or refused.
+    pub const RECEIVED: &str = "hub_messages_received_total";
+    /// Records journaled, by outcome accepted | rejected | duplicate.
+    pub const RECORDS: &str = "hub_records_total";
+    /// Whole transport units refused (401, 403, 413, 415, 400), by error code.
+    pub const REFUSED: &str = "hub_messages_refused_total";
+    /// Delivery attempts by target and outcome delivered | retry | rejected | parked.
+    pub const ATTEMPTS: &str = "hub_delivery_attempts_total";
+    /// Deliveries that reached a final state, by outcome delivered | rejected | parked.
+    pub const DELIVERIES: &str = "hub_deliveries_total";
+    /// Retries scheduled.
+    pub const RETRIED: &str = "hub_deliveries_retried_total";
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder once per process (tests build several apps in one process).
+pub fn prometheus() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a test harness); then ours only renders.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Initialises logging. `RUST_LOG` wins over the configured level. Safe to call twice.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,281 @@
+//! Test fixtures shared by the end-to-end tests: a private store per test (a temp SQLite file or
+//! a fresh PostgreSQL database on the running server), a temp copy of the shipped configuration
+//! that tests can extend, and `TestHub`, the real application served on port 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+use synchub::app::Application;
+use synchub::dispatch::Dispatcher;
+use synchub::settings::{Profile, Settings};
+use synchub::store::Store;
+
+pub const ADMIN: &str = "demo-admin";
+pub const IT_D0001: &str = "demo-it-D0001";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The PostgreSQL server the machine runs; tests fail loudly if it is missing.
+pub fn pg_admin_url() -> String {
+    std::env::var("SYNCHUB_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh PostgreSQL database, dropped when the guard goes.
+pub struct PgDb {
+    pub url: String,
+    name: String,
+}
+
+impl PgDb {
+    pub async fn create() -> PgDb {
+        use sqlx::Connection;
+        let name = format!("synchub_test_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = sqlx::PgConnection::connect(&pg_admin_url())
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is required on {} for this test and is not reachable: {e}",
+                    pg_admin_url()
+                )
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let base = pg_admin_url();
+        let url = format!(
+            "{}/{name}",
+            &base[..base.rfind('/').expect("url has a database")]
+        );
+        PgDb { url, name }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside the test's runtime: use a short-lived one of our own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.ok()?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A temp copy of config/, routes/ and mappings/ that a test may add files to.
+pub struct TestConfig {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestConfig {
+    pub fn shipped() -> TestConfig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for sub in ["config", "routes", "mappings"] {
+            copy_dir(&repo().join(sub), &dir.path().join(sub));
+        }
+        TestConfig { dir }
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+
+    /// Writes `rel` (e.g. `routes/x.toml`) under the temp tree.
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().expect("has parent")).expect("mkdir");
+        std::fs::write(p, content).expect("write");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).expect("copy");
+        }
+    }
+}
+
+/// The real hub, served on an ephemeral port, with its dispatcher running unless asked not to.
+pub struct TestHub {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub store: Store,
+    pub dispatcher: Arc<Dispatcher>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    _pg: Option<PgDb>,
+    pub config: TestConfig,
+}
+
+impl TestHub {
+    pub async fn spawn(backend: Backend) -> TestHub {
+        TestHub::spawn_with(backend, TestConfig::shipped(), &[]).await
+    }
+
+    /// `env` adds overrides (`SYNCHUB__...`) on top of the private store and port 0.
+    pub async fn spawn_with(backend: Backend, config: TestConfig, env: &[(&str, &str)]) -> TestHub {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        if std::env::var("TEST_LOG").is_ok() {
+            synchub::telemetry::init_logging(synchub::settings::LogFormat::Text, "info");
+        }
+        let (url, pg) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}/data/hub.db", config.dir.path().display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let db = PgDb::create().await;
+                (db.url.clone(), Some(db))
+            }
+        };
+        let mut vars: Vec<(String, String)> = vec![
+            ("SYNCHUB__STORE__URL".into(), url),
+            ("SYNCHUB__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
+            ("SYNCHUB__DISPATCH__IDLE_POLL_MS".into(), "50".into()),
+        ];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let settings = Settings::load(&config.config_dir(), Profile::Local, &vars)
+            .unwrap_or_else(|p| panic!("test settings rejected: {p:#?}"));
+        let app = Application::build(settings)
+            .await
+            .expect("application builds");
+        let base = format!("http://{}", app.local_addr());
+        let store = app.store().clone();
+        let dispatcher = app.dispatcher();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run_until_stopped(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("hub runs");
+        });
+        TestHub {
+            base,
+            client: reqwest::Client::new(),
+            store,
+            dispatcher,
+            stop: Some(tx),
+            task: Some(task),
+            _pg: pg,
+            config,
+        }
+    }
+
+    pub async fn post_records(&self, path: &str, key: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("X-Api-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .client
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until no delivery is pending or in flight (the running dispatcher does the work),
+    /// failing the test after `secs`.
+    pub async fn settle(&self, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status IN ('pending','in_flight') AND next_attempt_at <= $1")
+                .bind(synchub::store::now_ms() + 60_000)
+                .fetch_one(self.store.pool())
+                .await
+                .expect("count");
+            if n == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} deliveries still open after {secs}s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// A sample file from the shared spec, parsed.
+pub fn sample(rel: &str) -> Value {
+    let p = repo().join("tests/fixtures/samples").join(rel);
+    let text =
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("sample {}: {e}", p.display()));
+    serde_json::from_str(&text).expect("sample is JSON")
+}

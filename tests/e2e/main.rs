@@ -1,0 +1,8 @@
+//! End-to-end tests: the real application on port 0 against real stores (SQLite files and the
+//! PostgreSQL server on 127.0.0.1:5432). One binary, one module per capability.
+
+mod crm;
+mod dispatch;
+mod helpers;
+mod rest_ingest;
+mod store_conformance;

@@ -36,7 +36,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Check = command {
         let env: Vec<(String, String)> = std::env::vars().collect();
-        let profile = Profile::from_env().context("Failed to read SYNCHUB_PROFILE")?;
+        let profile = Profile::from_env(&env).context("Failed to read SYNCHUB_PROFILE")?;
         let problems = synchub::check::run_check(&cli.config, &env, profile);
         if problems.is_empty() {
             println!(

@@ -1223,8 +1223,8 @@ fn apply_env_overrides(
 }
 
 /// An override keeps a string setting a string; any other existing setting is parsed as a
-/// TOML value (`8080`, `true`, `["a"]`); a new setting becomes a number or boolean when it
-/// reads as one, else a string.
+/// TOML value (`8080`, `true`, `["a"]`); a new setting becomes a number, boolean, array or
+/// inline table when it reads as one, else a string.
 fn env_value(existing: Option<&Value>, raw: &str) -> Value {
     let parsed = || -> Option<Value> {
         let mut table: Table = toml::from_str(&format!("v = {raw}")).ok()?;
@@ -1233,8 +1233,16 @@ fn env_value(existing: Option<&Value>, raw: &str) -> Value {
     match existing {
         Some(Value::String(_)) => Value::String(raw.to_owned()),
         Some(_) => parsed().unwrap_or_else(|| Value::String(raw.to_owned())),
+        // Arrays and inline tables too: `SYNCHUB__AUTH__API_KEYS='[{ name = "a", ... }]'`
+        // where no file sets the key (no string setting reads as `[...]` or `{...}`).
         None => match parsed() {
-            Some(v @ (Value::Integer(_) | Value::Float(_) | Value::Boolean(_))) => v,
+            Some(
+                v @ (Value::Integer(_)
+                | Value::Float(_)
+                | Value::Boolean(_)
+                | Value::Array(_)
+                | Value::Table(_)),
+            ) => v,
             _ => Value::String(raw.to_owned()),
         },
     }
@@ -1285,7 +1293,7 @@ fn deserialize_collecting<T: DeserializeOwned>(
                 Segment::Key(key) => join_key(&path, key),
                 Segment::Index(index) => format!("{path}[{index}]"),
             });
-        let message = error.inner().message().to_owned();
+        let message = without_string_value(error.inner().message());
         let unknown = message.starts_with("unknown field");
         problems.push(ConfigProblem::new(
             origins.file_for(&key_path),
@@ -1297,6 +1305,19 @@ fn deserialize_collecting<T: DeserializeOwned>(
         }
     }
     None
+}
+
+/// serde quotes a wrongly typed string in its message; the string may be a secret that was
+/// put under the wrong key, so the message keeps only the type.
+fn without_string_value(message: &str) -> String {
+    for lead in ["invalid type: string ", "invalid value: string "] {
+        if let Some(rest) = message.strip_prefix(lead)
+            && let Some(cut) = rest.rfind(", expected ")
+        {
+            return format!("{}{}", lead.trim_end(), &rest[cut..]);
+        }
+    }
+    message.to_owned()
 }
 
 fn remove_at(value: &mut Value, segments: &[Segment]) -> bool {
@@ -2238,6 +2259,18 @@ max_backoff_ms = 10
             .unwrap();
         assert!(demo.message.contains("dms1"), "{demo}");
         assert_eq!(demo.file, config.join("synchub.toml"));
+    }
+
+    #[test]
+    fn wrongly_typed_strings_are_not_echoed() {
+        assert_eq!(
+            without_string_value("invalid type: string \"hunter2, x\", expected u32"),
+            "invalid type: string, expected u32"
+        );
+        assert_eq!(
+            without_string_value("missing field `a`"),
+            "missing field `a`"
+        );
     }
 
     #[test]

@@ -308,7 +308,11 @@ async fn find_customer(
             let sql = format!(
                 "SELECT id FROM crm_records WHERE entity = 'customer' AND {col} = $1 ORDER BY created_at LIMIT 1"
             );
-            if let Some(r) = sqlx::query(&sql).bind(v).fetch_optional(&mut *conn).await? {
+            if let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(v)
+                .fetch_optional(&mut *conn)
+                .await?
+            {
                 return Ok(Some(r.try_get(0)?));
             }
         }

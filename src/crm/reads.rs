@@ -2,8 +2,9 @@
 //! result counts. A dealer scope hides other dealers' records (the API answers 404 for them).
 
 use serde_json::{Map, Value, json};
+use sqlx::AnyPool;
 use sqlx::Row;
-use sqlx::any::{AnyPool, AnyRow};
+use sqlx::any::AnyRow;
 
 use crate::store::StoreError;
 

@@ -323,7 +323,7 @@ async fn customer_history(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    get_entity(&st, &op, "customer", &id).await?;
+    let _exists = get_entity(&st, &op, "customer", &id).await?;
     let h = crm::reads::history(st.store.pool(), "customer", &id).await?;
     Ok(Json(json!({"customer_id": id, "history": h})))
 }

@@ -174,7 +174,7 @@ pub async fn assign_id(conn: &mut AnyConnection, rule: &IdRule) -> Result<String
                     let sql = format!(
                         "SELECT id FROM crm_records WHERE entity = 'customer' AND {col} = $1 LIMIT 1"
                     );
-                    if let Some(row) = sqlx::query(&sql)
+                    if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
                         .bind(v.as_str())
                         .fetch_optional(&mut *conn)
                         .await?
@@ -350,7 +350,7 @@ pub async fn claim(
            max_backoff_ms, mapping_version, content_type, headers, body, \
            (SELECT correlation_id FROM messages m WHERE m.id = deliveries.message_id)"
     );
-    let rows = sqlx::query(&sql)
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(lease_until)
         .bind(now)
         .bind(limit)

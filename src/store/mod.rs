@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::AnyConnection;
-use sqlx::any::AnyPool;
+use sqlx::AnyPool;
 use tokio::sync::oneshot;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

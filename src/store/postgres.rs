@@ -6,8 +6,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::any::{AnyConnectOptions, AnyPool, AnyPoolOptions};
-use sqlx::{ConnectOptions, Connection};
+use sqlx::AnyPool;
+use sqlx::ConnectOptions;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 
 use super::{Backend, Dialect, Job, StoreError};
 
@@ -46,8 +47,7 @@ impl Backend for PgBackend {
     }
 
     async fn submit(&self, job: Job) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        let mut tx = conn.begin().await?;
+        let mut tx = self.pool.begin().await?;
         let done = job(&mut tx).await;
         if done.ok {
             let committed = tx.commit().await.map_err(StoreError::from);

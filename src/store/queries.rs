@@ -2,8 +2,9 @@
 //! deliveries and attempts, per-route flow figures. Reads go to the pool, never the writer.
 
 use serde_json::{Value, json};
+use sqlx::AnyPool;
 use sqlx::Row;
-use sqlx::any::{AnyPool, AnyRow};
+use sqlx::any::AnyRow;
 use synchub_adapter_sdk::Principal;
 use uuid::Uuid;
 
@@ -105,7 +106,7 @@ pub async fn search_messages(pool: &AnyPool, s: &Search) -> Result<Vec<Value>, S
     sql.push_str(&format!(
         " ORDER BY m.received_at DESC, m.id DESC LIMIT {a}"
     ));
-    let mut q = sqlx::query(&sql);
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for b in binds {
         q = match b {
             Bind::Text(t) => q.bind(t),
@@ -128,9 +129,9 @@ pub async fn message_detail(
     id: &str,
     dealer: Option<&str>,
 ) -> Result<Option<Value>, StoreError> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {MESSAGE_COLS}, m.headers, m.body FROM messages m WHERE m.id = $1"
-    ))
+    )))
     .bind(id)
     .fetch_optional(pool)
     .await?;
@@ -158,9 +159,9 @@ pub async fn message_detail(
         })
         .collect::<Result<Vec<_>, StoreError>>()?
         .into();
-    let children = sqlx::query(&format!(
+    let children = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {MESSAGE_COLS} FROM messages m WHERE m.parent_id = $1 ORDER BY m.id LIMIT 2000"
-    ))
+    )))
     .bind(id)
     .fetch_all(pool)
     .await?;

@@ -6,7 +6,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::any::{AnyConnectOptions, AnyPool, AnyPoolOptions};
+use sqlx::AnyPool;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, ConnectOptions, Connection, Executor};
 use tokio::sync::{Mutex, mpsc};
 
@@ -37,14 +38,13 @@ const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRA
 impl SqliteBackend {
     pub async fn open(url: &str) -> Result<SqliteBackend, StoreError> {
         let url = ensure_create_mode(url);
-        if let Some(path) = file_path(&url) {
-            if let Some(dir) = std::path::Path::new(&path).parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                    })?;
-                }
-            }
+        if let Some(path) = file_path(&url)
+            && let Some(dir) = std::path::Path::new(&path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let opts = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
         let mut writer = AnyConnection::connect_with(&opts).await?;

@@ -3,11 +3,9 @@
 //! that tests can extend, and `TestHub`, the real application served on port 0.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde_json::Value;
 use synchub::app::Application;
-use synchub::dispatch::Dispatcher;
 use synchub::settings::{Profile, Settings};
 use synchub::store::Store;
 
@@ -42,7 +40,7 @@ impl PgDb {
                     pg_admin_url()
                 )
             });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await
             .expect("create test database");
@@ -67,10 +65,12 @@ impl Drop for PgDb {
             rt.block_on(async {
                 use sqlx::Connection;
                 let mut conn = sqlx::PgConnection::connect(&pg_admin_url()).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut conn)
+                .await
+                .ok()
             })
         })
         .join();
@@ -128,11 +128,11 @@ pub struct TestHub {
     pub base: String,
     pub client: reqwest::Client,
     pub store: Store,
-    pub dispatcher: Arc<Dispatcher>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _pg: Option<PgDb>,
-    pub config: TestConfig,
+    /// Keeps the temp tree (config, SQLite file) alive for the hub's lifetime.
+    _config: TestConfig,
 }
 
 impl TestHub {
@@ -169,7 +169,6 @@ impl TestHub {
             .expect("application builds");
         let base = format!("http://{}", app.local_addr());
         let store = app.store().clone();
-        let dispatcher = app.dispatcher();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run_until_stopped(async {
@@ -182,11 +181,10 @@ impl TestHub {
             base,
             client: reqwest::Client::new(),
             store,
-            dispatcher,
             stop: Some(tx),
             task: Some(task),
             _pg: pg,
-            config,
+            _config: config,
         }
     }
 
@@ -241,12 +239,17 @@ impl TestHub {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// Waits until no delivery is pending or in flight (the running dispatcher does the work),
+    /// Waits until no delivery is due or in flight (the running dispatcher does the work),
     /// failing the test after `secs`.
     pub async fn settle(&self, secs: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status IN ('pending','in_flight') AND next_attempt_at <= $1")
+            // Deliveries held behind a parked head of their lane wait for an operator, not for time.
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM deliveries d WHERE d.status IN ('pending','in_flight') AND d.next_attempt_at <= $1 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.target = d.target AND p.lane = d.lane \
+                 AND p.id < d.id AND p.status = 'parked')",
+            )
                 .bind(synchub::store::now_ms() + 60_000)
                 .fetch_one(self.store.pool())
                 .await

@@ -1,6 +1,9 @@
 //! End-to-end tests: the real application on port 0 against real stores (SQLite files and the
 //! PostgreSQL server on 127.0.0.1:5432). One binary, one module per capability.
 
+// Test helpers are `pub` for the sibling modules of this one test crate.
+#![allow(unreachable_pub)]
+
 mod crm;
 mod dispatch;
 mod helpers;

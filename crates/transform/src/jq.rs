@@ -1345,13 +1345,26 @@ mod tests {
 
     #[test]
     fn predicates_use_jq_truthiness() {
-        let p = Predicate::compile(r#".source_system != ("dms:" + .customer.dealer_code)"#).unwrap();
-        let echo = serde_json::json!({"source_system": "dms:D0001", "customer": {"dealer_code": "D0001"}});
+        let p =
+            Predicate::compile(r#".source_system != ("dms:" + .customer.dealer_code)"#).unwrap();
+        let echo =
+            serde_json::json!({"source_system": "dms:D0001", "customer": {"dealer_code": "D0001"}});
         let other = serde_json::json!({"source_system": "crm:hq:admin", "customer": {"dealer_code": "D0001"}});
         assert!(!p.test(&echo).unwrap());
         assert!(p.test(&other).unwrap());
-        assert!(!Predicate::compile(".missing").unwrap().test(&other).unwrap(), "null is false");
-        assert!(Predicate::compile(".a | mobile").unwrap().test(&serde_json::json!({"a": "x"})).is_err());
+        assert!(
+            !Predicate::compile(".missing")
+                .unwrap()
+                .test(&other)
+                .unwrap(),
+            "null is false"
+        );
+        assert!(
+            Predicate::compile(".a | mobile")
+                .unwrap()
+                .test(&serde_json::json!({"a": "x"}))
+                .is_err()
+        );
         assert!(Predicate::compile(".a ==").is_err());
     }
 }

@@ -18,7 +18,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::dispatch::Dispatcher;
 use crate::http::auth::Operators;
-use crate::http::{AppState, EndpointStates};
+use crate::http::AppState;
+use crate::status::EndpointStates;
 use crate::pipeline::Pipeline;
 use crate::routing::RouteTable;
 use crate::settings::{Direction, EndpointConfig, Settings};
@@ -77,12 +78,14 @@ impl Application {
             )
         })?;
         let wake = Arc::new(Notify::new());
+        let status = Arc::new(EndpointStates::default());
         let pipeline = Arc::new(Pipeline::new(
             store.clone(),
             routes.clone(),
             mappings.clone(),
             &settings,
             wake.clone(),
+            status.clone(),
         ));
 
         let mut outbounds: HashMap<String, Arc<dyn Outbound>> = HashMap::new();
@@ -134,6 +137,7 @@ impl Application {
             crm,
             settings.dispatch.clone(),
             wake,
+            status.clone(),
         ));
         let state = AppState {
             store: store.clone(),
@@ -142,7 +146,7 @@ impl Application {
             prometheus: crate::telemetry::prometheus(),
             route_ids: Arc::new(routes.routes().iter().map(|r| r.id.clone()).collect()),
             endpoints: Arc::new(endpoint_kinds),
-            endpoint_state: Arc::new(EndpointStates::default()),
+            endpoint_state: status,
         };
         let router = crate::http::router(state, partner_routes)
             .layer(CatchPanicLayer::new())
@@ -184,7 +188,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let dispatcher = tokio::spawn(self.dispatcher.clone().run(stop_rx));
+        let dispatcher = tokio::spawn(self.dispatcher.clone().run(stop_rx.clone()));
+        tokio::spawn(self.dispatcher.clone().watch_endpoints(std::time::Duration::from_secs(30), stop_rx));
         tracing::info!(listen = %self.local_addr(), "synchub is serving.");
         axum::serve(
             self.listener,

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use crate::crm::{self, CrmFailure};
 use crate::pipeline::Pipeline;
 use crate::settings::DispatchSettings;
+use crate::status::EndpointStates;
 use crate::store::journal::{self, AttemptRecord, Claimed};
 use crate::store::{Store, StoreError, now_ms};
 use crate::telemetry::metrics_names as m;
@@ -28,6 +29,7 @@ pub struct Dispatcher {
     cfg: DispatchSettings,
     /// Woken by the pipeline when new deliveries are journaled, so idle polling stays rare.
     wake: Arc<Notify>,
+    status: Arc<EndpointStates>,
 }
 
 /// When the next attempt should happen: the partner's wish if it gave one, else exponential
@@ -104,6 +106,23 @@ pub fn plan(c: &Claimed, outcome: &Outcome, started_at: i64, duration_ms: i64) -
 }
 
 impl Dispatcher {
+    /// Health-checks every outbound endpoint every `every`, so an idle partner that went away
+    /// shows as down before the next delivery finds out.
+    pub async fn watch_endpoints(self: Arc<Self>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            for (id, out) in &self.outbounds {
+                match out.healthcheck().await {
+                    Ok(()) => self.status.contact(id, None),
+                    Err(e) => self.status.failure(id, format!("health check: {e}")),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     pub fn new(
         store: Store,
         pipeline: Arc<Pipeline>,
@@ -111,6 +130,7 @@ impl Dispatcher {
         crm: HashMap<String, bool>,
         cfg: DispatchSettings,
         wake: Arc<Notify>,
+        status: Arc<EndpointStates>,
     ) -> Dispatcher {
         Dispatcher {
             store,
@@ -119,6 +139,7 @@ impl Dispatcher {
             crm,
             cfg,
             wake,
+            status,
         }
     }
 
@@ -249,7 +270,13 @@ impl Dispatcher {
                     content_type: ContentType::parse(&c.content_type),
                     body: c.body.clone().into(),
                 };
-                out.deliver(&delivery).await
+                let outcome = out.deliver(&delivery).await;
+                match &outcome {
+                    Outcome::Delivered { .. } => self.status.contact(&c.target, None),
+                    Outcome::Reject { reason, .. } => self.status.contact(&c.target, Some(reason.clone())),
+                    Outcome::Retry { reason, .. } => self.status.failure(&c.target, reason.clone()),
+                }
+                outcome
             }
             None => Outcome::reject(format!(
                 "no outbound adapter is configured for target '{}'",

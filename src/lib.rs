@@ -9,6 +9,7 @@
 //! - `pipeline`: the `Inbox` adapters hand submissions to: validate, map, route, journal.
 //! - `dispatch`: claims due deliveries, calls outbound adapters, retries, parks.
 //! - `crm`: the CRM store sink (upserts, history, matching, approvals, change events).
+//! - `status`: live endpoint state (up, degraded, down; last contact and error).
 //! - `http`: ops API, CRM read API, health and metrics.
 //! - `app`: builds and runs the whole hub (shared by `main` and the tests).
 //! - `cli`: the command line.
@@ -23,4 +24,5 @@ pub mod pipeline;
 pub mod routing;
 pub mod settings;
 pub mod store;
+pub mod status;
 pub mod telemetry;

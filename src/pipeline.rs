@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::crm::ChangeEvent;
 use crate::routing::{Route, RouteTable};
 use crate::settings::{EndpointConfig, Settings};
+use crate::status::EndpointStates;
 use crate::store::journal::{self, IdRule, NewDelivery, NewMessage, PreparedRecord};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics_names as m;
@@ -42,6 +43,7 @@ pub struct Pipeline {
     crm_targets: HashMap<String, bool>,
     /// Wakes the dispatcher when deliveries were journaled.
     wake: Arc<Notify>,
+    status: Arc<EndpointStates>,
 }
 
 /// A record after validation and routing, before it is journaled.
@@ -59,6 +61,7 @@ impl Pipeline {
         mappings: Arc<Mappings>,
         settings: &Settings,
         wake: Arc<Notify>,
+        status: Arc<EndpointStates>,
     ) -> Pipeline {
         let crm_targets = settings
             .endpoints
@@ -71,6 +74,7 @@ impl Pipeline {
             mappings,
             crm_targets,
             wake,
+            status,
         }
     }
 
@@ -511,6 +515,7 @@ impl Inbox for Pipeline {
     async fn accept(&self, submission: Submission) -> Result<Receipt, AcceptError> {
         let endpoint = submission.envelope.endpoint.clone();
         metrics::counter!(m::RECEIVED, "endpoint" => endpoint.clone()).increment(1);
+        self.status.contact(&endpoint, None);
         let receipt = self.journal(submission).await.map_err(|e| {
             tracing::warn!(endpoint = %endpoint, error = %e, "Submission not journaled; partner must resend.");
             AcceptError::Unavailable(e.to_string())
@@ -541,6 +546,7 @@ impl Inbox for Pipeline {
         reason: &str,
     ) -> Result<Uuid, AcceptError> {
         metrics::counter!(m::RECEIVED, "endpoint" => envelope.endpoint.clone()).increment(1);
+        self.status.contact(&envelope.endpoint, None);
         metrics::counter!(m::REFUSED, "endpoint" => envelope.endpoint.clone(), "code" => code.to_string()).increment(1);
         let mut keys = Vec::new();
         // Refused bodies are still findable by the keys inside them (a 403'd record by its

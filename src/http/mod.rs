@@ -4,7 +4,6 @@
 pub mod auth;
 pub mod error;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -21,6 +20,7 @@ use self::auth::{Operator, Operators};
 use self::error::ApiError;
 use crate::crm;
 use crate::pipeline::Pipeline;
+use crate::status::{EndpointState, EndpointStates};
 use crate::store::{Store, journal, queries};
 
 /// What every handler can reach.
@@ -35,32 +35,6 @@ pub struct AppState {
     /// Endpoint id → kind, for the endpoints view.
     pub endpoints: Arc<Vec<(String, String)>>,
     pub endpoint_state: Arc<EndpointStates>,
-}
-
-/// Connection state per endpoint as adapters and the dispatcher last saw it.
-#[derive(Default)]
-pub struct EndpointStates {
-    inner: std::sync::Mutex<HashMap<String, EndpointState>>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct EndpointState {
-    pub state: &'static str,
-    pub last_contact_ms: Option<i64>,
-    pub last_error: Option<String>,
-}
-
-impl EndpointStates {
-    pub fn set(&self, id: &str, st: EndpointState) {
-        // std Mutex: held for a map insert only, never across an await.
-        if let Ok(mut g) = self.inner.lock() {
-            g.insert(id.to_string(), st);
-        }
-    }
-
-    pub fn get(&self, id: &str) -> Option<EndpointState> {
-        self.inner.lock().ok().and_then(|g| g.get(id).cloned())
-    }
 }
 
 pub fn router(state: AppState, partner_routes: Router) -> Router {

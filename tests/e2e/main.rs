@@ -7,5 +7,6 @@
 mod crm;
 mod dispatch;
 mod helpers;
+mod ops;
 mod rest_ingest;
 mod store_conformance;

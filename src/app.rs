@@ -17,12 +17,12 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::dispatch::Dispatcher;
-use crate::http::auth::Operators;
 use crate::http::AppState;
-use crate::status::EndpointStates;
+use crate::http::auth::Operators;
 use crate::pipeline::Pipeline;
 use crate::routing::RouteTable;
 use crate::settings::{Direction, EndpointConfig, Settings};
+use crate::status::EndpointStates;
 use crate::store::Store;
 
 pub struct Application {
@@ -31,6 +31,75 @@ pub struct Application {
     dispatcher: Arc<Dispatcher>,
     store: Store,
     pipeline: Arc<Pipeline>,
+    purge: PurgeJob,
+}
+
+/// Drops raw payloads of finished messages after the retention period, on a cron schedule.
+/// Metadata, keys, deliveries and attempts stay, so the message is still searchable and its
+/// history readable; only replay needs the payload.
+pub struct PurgeJob {
+    store: Store,
+    schedule: croner::Cron,
+    retention_days: u32,
+}
+
+impl PurgeJob {
+    pub fn new(store: Store, schedule: croner::Cron, retention_days: u32) -> PurgeJob {
+        PurgeJob {
+            store,
+            schedule,
+            retention_days,
+        }
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let now = chrono::Utc::now();
+            let Ok(next) = self.schedule.find_next_occurrence(&now, false) else {
+                tracing::error!("The purge schedule has no next occurrence; purging is off.");
+                return;
+            };
+            let wait = (next - now).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+            match self.purge_once().await {
+                Ok(n) => tracing::info!(
+                    messages = n,
+                    days = self.retention_days,
+                    "Purged payloads past retention."
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Payload purge failed; it runs again at the next schedule.")
+                }
+            }
+        }
+    }
+
+    /// Empties the bodies of messages older than the retention period whose deliveries are all
+    /// finished (open work keeps its payload whatever its age).
+    pub async fn purge_once(&self) -> Result<u64, crate::store::StoreError> {
+        let cutoff = crate::store::now_ms() - i64::from(self.retention_days) * 86_400_000;
+        self.store
+            .write(move |c| {
+                Box::pin(async move {
+                    let n = sqlx::query(
+                        "UPDATE messages SET body = $1, headers = $2 WHERE received_at < $3 AND length(body) > 0 \
+                         AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id \
+                         AND d.status IN ('pending','in_flight','parked'))",
+                    )
+                    .bind(Vec::<u8>::new())
+                    .bind(r#"{"purged":"payload dropped after the retention period"}"#)
+                    .bind(cutoff)
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                    Ok(n)
+                })
+            })
+            .await
+    }
 }
 
 fn problems_to_error<P: std::fmt::Display>(what: &str, problems: &[P]) -> anyhow::Error {
@@ -52,8 +121,35 @@ fn secret_from_env(var: &Option<String>) -> anyhow::Result<Option<String>> {
     }
 }
 
+/// Everything but the listener: what `run` serves, and what `replay` needs without binding a port.
+pub struct Assembled {
+    pub router: axum::Router,
+    pub dispatcher: Arc<Dispatcher>,
+    pub store: Store,
+    pub pipeline: Arc<Pipeline>,
+    pub purge: PurgeJob,
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let listen = settings.http.listen.clone();
+        let a = Self::assemble(settings).await?;
+        let listener = TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("Failed to listen on {listen}"))?;
+        Ok(Application {
+            listener,
+            router: a.router,
+            dispatcher: a.dispatcher,
+            store: a.store,
+            pipeline: a.pipeline,
+            purge: a.purge,
+        })
+    }
+
+    /// Validates the settings, loads mappings and routes, opens (and migrates) the store and
+    /// wires the pipeline, adapters and dispatcher.
+    pub async fn assemble(settings: Settings) -> anyhow::Result<Assembled> {
         let problems = settings.validate();
         if !problems.is_empty() {
             return Err(problems_to_error("Configuration rejected", &problems));
@@ -151,15 +247,18 @@ impl Application {
         let router = crate::http::router(state, partner_routes)
             .layer(CatchPanicLayer::new())
             .layer(TraceLayer::new_for_http());
-        let listener = TcpListener::bind(&settings.http.listen)
-            .await
-            .with_context(|| format!("Failed to listen on {}", settings.http.listen))?;
-        Ok(Application {
-            listener,
+        let purge = PurgeJob::new(
+            store.clone(),
+            crate::settings::parse_cron(&settings.store.purge_schedule)
+                .map_err(|e| anyhow!("store.purge_schedule: {e}"))?,
+            settings.store.payload_retention_days,
+        );
+        Ok(Assembled {
             router,
             dispatcher,
             store,
             pipeline,
+            purge,
         })
     }
 
@@ -189,8 +288,13 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let dispatcher = tokio::spawn(self.dispatcher.clone().run(stop_rx.clone()));
-        tokio::spawn(self.dispatcher.clone().watch_endpoints(std::time::Duration::from_secs(30), stop_rx));
-        tracing::info!(listen = %self.local_addr(), "synchub is serving.");
+        tokio::spawn(self.purge.run(stop_rx.clone()));
+        tokio::spawn(
+            self.dispatcher
+                .clone()
+                .watch_endpoints(std::time::Duration::from_secs(30), stop_rx),
+        );
+        tracing::info!(listen = %self.listener.local_addr()?, "synchub is serving.");
         axum::serve(
             self.listener,
             self.router

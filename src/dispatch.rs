@@ -108,7 +108,11 @@ pub fn plan(c: &Claimed, outcome: &Outcome, started_at: i64, duration_ms: i64) -
 impl Dispatcher {
     /// Health-checks every outbound endpoint every `every`, so an idle partner that went away
     /// shows as down before the next delivery finds out.
-    pub async fn watch_endpoints(self: Arc<Self>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    pub async fn watch_endpoints(
+        self: Arc<Self>,
+        every: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             for (id, out) in &self.outbounds {
                 match out.healthcheck().await {
@@ -273,7 +277,9 @@ impl Dispatcher {
                 let outcome = out.deliver(&delivery).await;
                 match &outcome {
                     Outcome::Delivered { .. } => self.status.contact(&c.target, None),
-                    Outcome::Reject { reason, .. } => self.status.contact(&c.target, Some(reason.clone())),
+                    Outcome::Reject { reason, .. } => {
+                        self.status.contact(&c.target, Some(reason.clone()))
+                    }
                     Outcome::Retry { reason, .. } => self.status.failure(&c.target, reason.clone()),
                 }
                 outcome

@@ -23,6 +23,6 @@ pub mod http;
 pub mod pipeline;
 pub mod routing;
 pub mod settings;
-pub mod store;
 pub mod status;
+pub mod store;
 pub mod telemetry;

@@ -74,15 +74,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             message_id,
             mapping_version,
         } => {
-            let app = Application::build(settings)
+            // No listener: a replay runs beside a serving hub, which then delivers.
+            let app = Application::assemble(settings)
                 .await
-                .context("Failed to start synchub")?;
+                .context("Failed to open synchub")?;
             let ids = app
-                .pipeline()
+                .pipeline
                 .replay(message_id, mapping_version)
                 .await
                 .with_context(|| format!("Failed to replay message {message_id}"))?;
-            app.store().close().await;
+            app.store.close().await;
             println!(
                 "synchub replay: {} record(s) queued for delivery again; a running hub delivers them.",
                 ids.len()

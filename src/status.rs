@@ -31,7 +31,8 @@ impl EndpointStates {
                 ..Default::default()
             });
             f(st);
-            metrics::gauge!("hub_endpoint_up", "endpoint" => id.to_string()).set(if st.state == "down" { 0.0 } else { 1.0 });
+            metrics::gauge!("hub_endpoint_up", "endpoint" => id.to_string())
+                .set(if st.state == "down" { 0.0 } else { 1.0 });
         }
     }
 
@@ -51,7 +52,11 @@ impl EndpointStates {
     pub fn failure(&self, id: &str, error: String) {
         self.update(id, |st| {
             st.consecutive_failures += 1;
-            st.state = if st.consecutive_failures >= DOWN_AFTER { "down" } else { "degraded" };
+            st.state = if st.consecutive_failures >= DOWN_AFTER {
+                "down"
+            } else {
+                "degraded"
+            };
             st.last_error = Some(error);
         });
     }
@@ -80,6 +85,10 @@ mod tests {
         let st = s.get("x").unwrap();
         assert_eq!(st.state, "up");
         assert!(st.last_contact_ms.is_some());
-        assert_eq!(st.last_error.as_deref(), Some("connection refused"), "the last error stays visible");
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some("connection refused"),
+            "the last error stays visible"
+        );
     }
 }

@@ -25,9 +25,18 @@ fn help_lists_every_command() {
 
 #[test]
 fn check_passes_on_the_shipped_configuration() {
-    let out = synchub().arg("check").arg("--config").arg(repo().join("config")).output().unwrap();
+    let out = synchub()
+        .arg("check")
+        .arg("--config")
+        .arg(repo().join("config"))
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("valid"), "{text}");
 }
 
@@ -38,7 +47,11 @@ fn check_reports_every_problem_at_once() {
         copy(&repo().join(sub), &dir.path().join(sub));
     }
     let cfg = dir.path().join("config");
-    std::fs::write(cfg.join("endpoints/partners_rest_in.toml"), "type = \"rest\"\ndirection = \"in\"\nspeed = 3\n").unwrap();
+    std::fs::write(
+        cfg.join("endpoints/partners_rest_in.toml"),
+        "type = \"rest\"\ndirection = \"in\"\nspeed = 3\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.path().join("routes/broken.toml"),
         "from = \"partners_rest_in\"\nrecord_type = \"lead\"\nmapping = \"no_such_mapping\"\nto = [\"nowhere\"]\n",
@@ -47,11 +60,28 @@ fn check_reports_every_problem_at_once() {
     let mut base = std::fs::read_to_string(cfg.join("synchub.toml")).unwrap();
     base.push_str("\n[retention_typo]\nx = 1\n");
     std::fs::write(cfg.join("synchub.toml"), base).unwrap();
-    let out = synchub().arg("check").arg("--config").arg(&cfg).env("SYNCHUB__STORE__PURGE_SCHEDULE", "61 * * *").output().unwrap();
+    let out = synchub()
+        .arg("check")
+        .arg("--config")
+        .arg(&cfg)
+        .env("SYNCHUB__STORE__PURGE_SCHEDULE", "61 * * *")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    for needle in ["speed", "no_such_mapping", "nowhere", "retention_typo", "purge_schedule", "partners_rest_in.toml", "broken.toml"] {
-        assert!(text.contains(needle), "check output lacks {needle}:\n{text}");
+    for needle in [
+        "speed",
+        "no_such_mapping",
+        "nowhere",
+        "retention_typo",
+        "purge_schedule",
+        "partners_rest_in.toml",
+        "broken.toml",
+    ] {
+        assert!(
+            text.contains(needle),
+            "check output lacks {needle}:\n{text}"
+        );
     }
 }
 
@@ -64,20 +94,30 @@ fn production_profile_refuses_demo_credentials() {
     // An operator copies the local profile's demo keys into production by mistake.
     let local = std::fs::read_to_string(dir.path().join("config/synchub.local.toml")).unwrap();
     let prod = std::fs::read_to_string(dir.path().join("config/synchub.production.toml")).unwrap();
-    std::fs::write(dir.path().join("config/synchub.production.toml"), format!("{prod}\n{local}")).unwrap();
+    std::fs::write(
+        dir.path().join("config/synchub.production.toml"),
+        format!("{prod}\n{local}"),
+    )
+    .unwrap();
     let out = synchub()
         .arg("run")
         .arg("--config")
         .arg(dir.path().join("config"))
         .env("SYNCHUB_PROFILE", "production")
-        .env("SYNCHUB__STORE__URL", format!("sqlite://{}/hub.db", dir.path().display()))
+        .env(
+            "SYNCHUB__STORE__URL",
+            format!("sqlite://{}/hub.db", dir.path().display()),
+        )
         .env("SYNCHUB__HTTP__LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.to_lowercase().contains("demo"), "{err}");
-    assert!(!err.contains("demo-admin\""), "the secret itself is not printed: {err}");
+    assert!(
+        !err.contains("demo-admin\""),
+        "the secret itself is not printed: {err}"
+    );
 }
 
 #[test]
@@ -91,7 +131,11 @@ fn migrate_creates_the_store() {
         .env("SYNCHUB__STORE__URL", format!("sqlite://{}", db.display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(db.exists());
 }
 

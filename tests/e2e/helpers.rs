@@ -126,6 +126,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// The real hub, served on an ephemeral port, with its dispatcher running unless asked not to.
 pub struct TestHub {
     pub base: String,
+    pub store_url: String,
     pub client: reqwest::Client,
     pub store: Store,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -146,7 +147,7 @@ impl TestHub {
         if std::env::var("TEST_LOG").is_ok() {
             synchub::telemetry::init_logging(synchub::settings::LogFormat::Text, "info");
         }
-        let (url, pg) = match backend {
+        let (store_url, pg) = match backend {
             Backend::Sqlite => (
                 format!("sqlite://{}/data/hub.db", config.dir.path().display()),
                 None,
@@ -157,7 +158,7 @@ impl TestHub {
             }
         };
         let mut vars: Vec<(String, String)> = vec![
-            ("SYNCHUB__STORE__URL".into(), url),
+            ("SYNCHUB__STORE__URL".into(), store_url.clone()),
             ("SYNCHUB__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
             ("SYNCHUB__DISPATCH__IDLE_POLL_MS".into(), "50".into()),
         ];
@@ -179,6 +180,7 @@ impl TestHub {
         });
         TestHub {
             base,
+            store_url,
             client: reqwest::Client::new(),
             store,
             stop: Some(tx),
@@ -186,6 +188,10 @@ impl TestHub {
             _pg: pg,
             _config: config,
         }
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self._config.config_dir()
     }
 
     pub async fn post_records(&self, path: &str, key: &str, body: &Value) -> (u16, Value) {

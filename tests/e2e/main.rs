@@ -7,6 +7,7 @@
 mod crm;
 mod dispatch;
 mod helpers;
+mod maintenance;
 mod ops;
 mod rest_ingest;
 mod store_conformance;

@@ -10,11 +10,17 @@ use crate::helpers::{ADMIN, Backend, TestConfig, TestHub, sample};
 #[tokio::test]
 async fn health_metrics_and_endpoint_state() {
     let partner = MockServer::start().await;
-    Mock::given(method("POST")).respond_with(ResponseTemplate::new(503)).mount(&partner).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&partner)
+        .await;
     let cfg = TestConfig::shipped();
     cfg.write(
         "config/endpoints/partner_out.toml",
-        &format!("type = \"rest\"\ndirection = \"out\"\nurl = \"{}/leads\"\ntimeout_ms = 2000\n", partner.uri()),
+        &format!(
+            "type = \"rest\"\ndirection = \"out\"\nurl = \"{}/leads\"\ntimeout_ms = 2000\n",
+            partner.uri()
+        ),
     );
     cfg.write(
         "routes/leads_to_partner.toml",
@@ -22,19 +28,49 @@ async fn health_metrics_and_endpoint_state() {
          [retry]\nmax_attempts = 4\nbackoff_ms = 10\nmax_backoff_ms = 20\n",
     );
     let hub = TestHub::spawn_with(Backend::Sqlite, cfg, &[]).await;
-    let live = hub.client.get(format!("{}/health/live", hub.base)).send().await.unwrap();
+    let live = hub
+        .client
+        .get(format!("{}/health/live", hub.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(live.status(), 200);
-    let ready = hub.client.get(format!("{}/health/ready", hub.base)).send().await.unwrap();
+    let ready = hub
+        .client
+        .get(format!("{}/health/ready", hub.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
 
-    let (s, _) = hub.post_records("/api/v1/leads", "demo-website", &sample("rest/lead.request.json")).await;
+    let (s, _) = hub
+        .post_records(
+            "/api/v1/leads",
+            "demo-website",
+            &sample("rest/lead.request.json"),
+        )
+        .await;
     assert_eq!(s, 202);
-    let (s, _) = hub.post_records("/api/v1/leads", "wrong-key", &sample("rest/lead.request.json")).await;
+    let (s, _) = hub
+        .post_records(
+            "/api/v1/leads",
+            "wrong-key",
+            &sample("rest/lead.request.json"),
+        )
+        .await;
     assert_eq!(s, 401);
     hub.settle(30).await;
 
     let (_, eps) = hub.get("/api/v1/endpoints", ADMIN).await;
-    let find = |id: &str| eps["endpoints"].as_array().unwrap().iter().find(|e| e["id"] == id).cloned().unwrap();
+    let find = |id: &str| {
+        eps["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .cloned()
+            .unwrap()
+    };
     let out = find("partner_out");
     assert_eq!(out["state"], "down", "four 503s in a row: {out}");
     assert!(out["last_error"].as_str().unwrap().contains("503"), "{out}");
@@ -43,7 +79,15 @@ async fn health_metrics_and_endpoint_state() {
     assert_eq!(inbound["state"], "up");
     assert!(inbound["last_contact"].is_string(), "{inbound}");
 
-    let metrics = hub.client.get(format!("{}/metrics", hub.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = hub
+        .client
+        .get(format!("{}/metrics", hub.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         "hub_messages_received_total{endpoint=\"partners_rest_in\"}",
         "hub_records_total{endpoint=\"partners_rest_in\",outcome=\"accepted\"}",
@@ -52,22 +96,61 @@ async fn health_metrics_and_endpoint_state() {
         "hub_deliveries_total{target=\"partner_out\",outcome=\"parked\"}",
         "hub_deliveries_total{target=\"crm_store\",outcome=\"delivered\"}",
     ] {
-        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "metrics lack {needle}:\n{metrics}"
+        );
     }
-    assert!(!metrics.contains("13760001234"), "no business keys in metric labels");
+    assert!(
+        !metrics.contains("13760001234"),
+        "no business keys in metric labels"
+    );
 
     // Operator park/retry on a delivery: park needs it pending; retry works on parked.
-    let (_, found) = hub.get("/api/v1/messages?key=WEB-20261125-000981&status=accepted", ADMIN).await;
+    let (_, found) = hub
+        .get(
+            "/api/v1/messages?key=WEB-20261125-000981&status=accepted",
+            ADMIN,
+        )
+        .await;
     let id = found["messages"][0]["id"].as_str().unwrap().to_string();
     let (_, detail) = hub.get(&format!("/api/v1/messages/{id}"), ADMIN).await;
-    let d = detail["deliveries"].as_array().unwrap().iter().find(|d| d["target"] == "partner_out").unwrap().clone();
+    let d = detail["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["target"] == "partner_out")
+        .unwrap()
+        .clone();
     assert_eq!(d["status"], "parked");
     let cause = &d["attempt_log"][0]["cause_chain"];
     assert!(cause.is_array(), "{d}");
     let did = d["id"].as_i64().unwrap();
-    assert_eq!(hub.post(&format!("/api/v1/deliveries/{did}/park"), ADMIN, None).await.0, 409, "already parked");
-    assert_eq!(hub.post(&format!("/api/v1/deliveries/{did}/retry"), "demo-it-D0001", None).await.0, 404, "not the dealer's");
-    let (s, body) = hub.post(&format!("/api/v1/deliveries/{did}/retry"), ADMIN, Some(json!({}))).await;
+    assert_eq!(
+        hub.post(&format!("/api/v1/deliveries/{did}/park"), ADMIN, None)
+            .await
+            .0,
+        409,
+        "already parked"
+    );
+    assert_eq!(
+        hub.post(
+            &format!("/api/v1/deliveries/{did}/retry"),
+            "demo-it-D0001",
+            None
+        )
+        .await
+        .0,
+        404,
+        "not the dealer's"
+    );
+    let (s, body) = hub
+        .post(
+            &format!("/api/v1/deliveries/{did}/retry"),
+            ADMIN,
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(s, 200, "{body}");
     hub.stop().await;
 }

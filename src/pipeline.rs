@@ -255,8 +255,16 @@ impl Pipeline {
             body: raw,
         };
         let mut keys = Vec::new();
+        // A rejected record is counted on the flows that would have taken it.
+        let candidates: Vec<String> = self
+            .routes
+            .candidates(&parent.endpoint, record_type)
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
         let rejected = |mut message: NewMessage, keys, errors: Vec<FieldError>| {
             message.status = "rejected";
+            message.routes = candidates.clone();
             message.reason = Some(serde_json::to_string(&errors).unwrap_or_default());
             PreparedRecord {
                 message,

@@ -91,8 +91,10 @@ pub async fn search_messages(pool: &AnyPool, s: &Search) -> Result<Vec<Value>, S
         sql.push_str(&format!(" AND m.endpoint = {a}"));
     }
     if let Some(v) = &s.route {
-        let a = p(&mut binds, Bind::Text(format!("%{v}%")));
-        sql.push_str(&format!(" AND m.routes LIKE {a}"));
+        let a = p(&mut binds, Bind::Text(v.clone()));
+        sql.push_str(&format!(
+            " AND (',' || m.routes || ',') LIKE ('%,' || {a} || ',%')"
+        ));
     }
     if let Some(v) = s.since_ms {
         let a = p(&mut binds, Bind::Int(v));
@@ -287,17 +289,19 @@ pub async fn flows(
                 let n: i64 = r.try_get(1)?;
                 f[status.as_str()] = json!(n);
             }
-            let received = sqlx::query(
-                "SELECT COUNT(*) FROM messages WHERE received_at >= $1 AND (routes = $2 OR routes LIKE $3) \
-                 AND ($4 = '' OR dealer_code = $4)",
+            let row = sqlx::query(
+                "SELECT COUNT(*), SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END) FROM messages \
+                 WHERE received_at >= $1 AND (',' || routes || ',') LIKE ('%,' || $2 || ',%') \
+                 AND ($3 = '' OR dealer_code = $3)",
             )
             .bind(since)
             .bind(route.as_str())
-            .bind(format!("%{route}%"))
             .bind(dealer.unwrap_or(""))
             .fetch_one(pool)
-            .await?
-            .try_get::<i64, _>(0)?;
+            .await?;
+            let received: i64 = row.try_get(0)?;
+            let rejected_records: Option<i64> = row.try_get(1)?;
+            f["rejected_records"] = json!(rejected_records.unwrap_or(0));
             f["received"] = json!(received);
             figures.insert(label.into(), f);
         }
@@ -326,15 +330,6 @@ pub async fn flows(
         .fetch_one(pool)
         .await?
         .try_get::<Option<i64>, _>(0)?;
-        let rejected_records = sqlx::query(
-            "SELECT COUNT(*) FROM messages WHERE status = 'rejected' AND kind = 'record' AND received_at >= $1 \
-             AND record_type IN (SELECT record_type FROM messages WHERE routes = $2 LIMIT 1)",
-        )
-        .bind(now - 86_400_000)
-        .bind(route.as_str())
-        .fetch_one(pool)
-        .await?
-        .try_get::<i64, _>(0)?;
         let status = if parked > 0 {
             "red"
         } else if retrying.unwrap_or(0) > 0 {
@@ -350,7 +345,6 @@ pub async fn flows(
             "backlog": backlog_n,
             "retrying": retrying.unwrap_or(0),
             "parked": parked,
-            "rejected_records_last_day": rejected_records,
             "oldest_backlog_age_secs": oldest.map(|o| (now - o) / 1000),
             "last_success": opt_ms(last_ok),
         }));

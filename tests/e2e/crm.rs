@@ -149,3 +149,48 @@ async fn matching_history_and_approval_sqlite() {
 async fn matching_history_and_approval_postgres() {
     matching_history_and_approval(Backend::Postgres).await;
 }
+
+#[tokio::test]
+async fn vehicles_and_dealers_are_readable_and_dealer_scoped() {
+    use synchub::crm::{ChangeSource, Columns, upsert};
+    let hub = TestHub::spawn(Backend::Sqlite).await;
+    hub.store
+        .write(|c| {
+            Box::pin(async move {
+                let src = ChangeSource { system: "osm".into(), message_id: None, needs_approval: false };
+                let vehicle = json!({"vin": "LHG0LVF20VB714970", "brand": "Honda", "model": "Accord", "dealer_code": "D0001"});
+                let cols = Columns { dealer_code: Some("D0001".into()), ..Default::default() };
+                upsert(c, "vehicle", "LHG0LVF20VB714970", vehicle.as_object().unwrap(), &cols, &src).await?;
+                let dealer = json!({"dealer_code": "D0002", "dealer_name": "深圳店", "city": "深圳"});
+                let cols = Columns { dealer_code: Some("D0002".into()), ..Default::default() };
+                upsert(c, "dealer", "D0002", dealer.as_object().unwrap(), &cols, &src).await?;
+                Ok(())
+            })
+        })
+        .await
+        .unwrap();
+    let (s, v) = hub.get("/api/v1/vehicles/lhg0lvf20vb714970", ADMIN).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model"], "Accord");
+    assert_eq!(v["version"], 1);
+    assert_eq!(
+        hub.get("/api/v1/vehicles/LHG0LVF20VB714970", IT_D0001)
+            .await
+            .0,
+        200,
+        "own dealer's vehicle"
+    );
+    let (s, d) = hub.get("/api/v1/dealers/D0002", ADMIN).await;
+    assert_eq!(s, 200);
+    assert_eq!(d["dealer_name"], "深圳店");
+    assert_eq!(
+        hub.get("/api/v1/dealers/D0002", IT_D0001).await.0,
+        404,
+        "another dealer"
+    );
+    assert_eq!(
+        hub.get("/api/v1/vehicles/LSVAA4182E2000000", ADMIN).await.0,
+        404
+    );
+    hub.stop().await;
+}

@@ -2,11 +2,14 @@
 //! transaction), claiming due deliveries, recording attempts, and the operator actions
 //! replay / retry / park. Every function takes the connection of a transaction the backend owns.
 
+use std::collections::HashMap;
+
 use serde_json::json;
 use sqlx::{AnyConnection, Row};
 use synchub_adapter_sdk::{FieldError, RecordVerdict};
 use uuid::Uuid;
 
+use super::rows::{Arg, insert_rows};
 use super::{Dialect, StoreError, now_ms};
 
 /// The transport unit as journaled.
@@ -76,31 +79,57 @@ pub struct PreparedRecord {
     pub deliveries: Vec<NewDelivery>,
 }
 
+const MESSAGE_COLS: &[&str] = &[
+    "id", "parent_id", "kind", "endpoint", "record_type", "routes", "received_at", "correlation_id", "partner",
+    "dealer_code", "source_ref", "status", "reason", "entity_id", "content_type", "headers", "body",
+];
+
+fn message_row(m: &NewMessage) -> Vec<Arg> {
+    vec![
+        m.id.to_string().into(),
+        m.parent_id.map(|p| p.to_string()).into(),
+        m.kind.into(),
+        m.endpoint.clone().into(),
+        m.record_type.clone().into(),
+        (!m.routes.is_empty()).then(|| m.routes.join(",")).into(),
+        m.received_at.into(),
+        m.correlation_id.clone().into(),
+        m.partner.clone().into(),
+        m.dealer_code.clone().into(),
+        m.source_ref.clone().into(),
+        m.status.into(),
+        m.reason.clone().into(),
+        m.entity_id.clone().into(),
+        m.content_type.into(),
+        m.headers.clone().into(),
+        Arg::Blob(m.body.clone()),
+    ]
+}
+
+pub async fn insert_messages(conn: &mut AnyConnection, ms: &[&NewMessage]) -> Result<(), StoreError> {
+    insert_rows(conn, "messages", MESSAGE_COLS, ms.iter().map(|m| message_row(m)).collect(), "").await?;
+    Ok(())
+}
+
 pub async fn insert_message(conn: &mut AnyConnection, m: &NewMessage) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO messages (id, parent_id, kind, endpoint, record_type, routes, received_at, correlation_id, \
-         partner, dealer_code, source_ref, status, reason, entity_id, content_type, headers, body) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17)",
-    )
-    .bind(m.id.to_string())
-    .bind(m.parent_id.map(|p| p.to_string()))
-    .bind(m.kind)
-    .bind(&m.endpoint)
-    .bind(m.record_type.as_deref())
-    .bind((!m.routes.is_empty()).then(|| m.routes.join(",")))
-    .bind(m.received_at)
-    .bind(m.correlation_id.as_deref())
-    .bind(m.partner.as_deref())
-    .bind(m.dealer_code.as_deref())
-    .bind(m.source_ref.as_deref())
-    .bind(m.status)
-    .bind(m.reason.as_deref())
-    .bind(m.entity_id.as_deref())
-    .bind(m.content_type)
-    .bind(&m.headers)
-    .bind(m.body.as_slice())
-    .execute(&mut *conn)
-    .await?;
+    insert_messages(conn, &[m]).await
+}
+
+/// Business keys of many messages in one statement.
+pub async fn insert_keys_of(
+    conn: &mut AnyConnection,
+    keys: &[(Uuid, &[(&'static str, String)])],
+) -> Result<(), StoreError> {
+    let rows: Vec<Vec<Arg>> = keys
+        .iter()
+        .flat_map(|(id, ks)| {
+            let id = id.to_string();
+            ks.iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(move |(kind, value)| vec![value.clone().into(), (*kind).into(), id.clone().into()])
+        })
+        .collect();
+    insert_rows(conn, "message_keys", &["value", "kind", "message_id"], rows, "ON CONFLICT DO NOTHING").await?;
     Ok(())
 }
 
@@ -109,186 +138,292 @@ pub async fn insert_keys(
     message_id: Uuid,
     keys: &[(&'static str, String)],
 ) -> Result<(), StoreError> {
-    let id = message_id.to_string();
-    for (kind, value) in keys {
-        if value.is_empty() {
-            continue;
-        }
-        sqlx::query("INSERT INTO message_keys (value, kind, message_id) VALUES ($1,$2,$3) ON CONFLICT DO NOTHING")
-            .bind(value.as_str())
-            .bind(*kind)
-            .bind(id.as_str())
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+    insert_keys_of(conn, &[(message_id, keys)]).await
 }
 
-pub async fn insert_delivery(
-    conn: &mut AnyConnection,
-    message_id: Uuid,
-    d: &NewDelivery,
-) -> Result<(), StoreError> {
+const DELIVERY_COLS: &[&str] = &[
+    "message_id", "route", "target", "lane", "dealer_code", "status", "attempts", "max_attempts", "backoff_ms",
+    "max_backoff_ms", "next_attempt_at", "mapping", "mapping_version", "content_type", "headers", "body",
+    "created_at", "updated_at",
+];
+
+/// Deliveries of many messages in one statement; ids (and so lane order) follow slice order.
+pub async fn insert_deliveries(conn: &mut AnyConnection, ds: &[(Uuid, &NewDelivery)]) -> Result<(), StoreError> {
     let now = now_ms();
-    sqlx::query(
-        "INSERT INTO deliveries (message_id, route, target, lane, dealer_code, status, attempts, max_attempts, \
-         backoff_ms, max_backoff_ms, next_attempt_at, mapping, mapping_version, content_type, headers, body, \
-         created_at, updated_at) VALUES ($1,$2,$3,$4,$5,'pending',0,$6,$7,$8,$9,$10,$11,$12,$13,$14,$9,$9)",
-    )
-    .bind(message_id.to_string())
-    .bind(&d.route)
-    .bind(&d.target)
-    .bind(d.lane.as_deref())
-    .bind(d.dealer_code.as_deref())
-    .bind(d.max_attempts)
-    .bind(d.backoff_ms)
-    .bind(d.max_backoff_ms)
-    .bind(now)
-    .bind(d.mapping.as_deref())
-    .bind(d.mapping_version)
-    .bind(d.content_type)
-    .bind(&d.headers)
-    .bind(d.body.as_slice())
-    .execute(&mut *conn)
-    .await?;
+    let rows = ds
+        .iter()
+        .map(|(mid, d)| {
+            vec![
+                mid.to_string().into(),
+                d.route.clone().into(),
+                d.target.clone().into(),
+                d.lane.clone().into(),
+                d.dealer_code.clone().into(),
+                "pending".into(),
+                0i64.into(),
+                d.max_attempts.into(),
+                d.backoff_ms.into(),
+                d.max_backoff_ms.into(),
+                now.into(),
+                d.mapping.clone().into(),
+                d.mapping_version.into(),
+                d.content_type.into(),
+                d.headers.clone().into(),
+                Arg::Blob(d.body.clone()),
+                now.into(),
+                now.into(),
+            ]
+        })
+        .collect();
+    insert_rows(conn, "deliveries", DELIVERY_COLS, rows, "").await?;
     Ok(())
 }
 
-async fn next_counter(conn: &mut AnyConnection, name: &str) -> Result<i64, StoreError> {
+pub async fn insert_delivery(conn: &mut AnyConnection, message_id: Uuid, d: &NewDelivery) -> Result<(), StoreError> {
+    insert_deliveries(conn, &[(message_id, d)]).await
+}
+
+/// Reserves `n` consecutive values of a named counter and returns the first.
+async fn reserve(conn: &mut AnyConnection, name: &str, n: i64) -> Result<i64, StoreError> {
     let row = sqlx::query(
-        "INSERT INTO counters (name, value) VALUES ($1, 1) \
-         ON CONFLICT (name) DO UPDATE SET value = counters.value + 1 RETURNING value",
+        "INSERT INTO counters (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = counters.value + $2 RETURNING value",
     )
     .bind(name)
+    .bind(n)
     .fetch_one(&mut *conn)
     .await?;
-    Ok(row.try_get::<i64, _>(0)?)
+    Ok(row.try_get::<i64, _>(0)? - n + 1)
 }
 
-pub async fn assign_id(conn: &mut AnyConnection, rule: &IdRule) -> Result<String, StoreError> {
-    match rule {
-        IdRule::Natural(id) => Ok(id.clone()),
-        IdRule::Customer { mobile, id_no } => {
-            for (col, value) in [("mobile", mobile), ("id_no", id_no)] {
-                if let Some(v) = value {
-                    let sql = format!(
-                        "SELECT id FROM crm_records WHERE entity = 'customer' AND {col} = $1 LIMIT 1"
-                    );
-                    if let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(v.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await?
-                    {
-                        return Ok(row.try_get::<String, _>(0)?);
+fn china_day() -> String {
+    chrono::Utc::now()
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"))
+        .format("%Y%m%d")
+        .to_string()
+}
+
+/// Existing customers by mobile and by ID number, for many records at once.
+async fn customers_by(
+    conn: &mut AnyConnection,
+    col: &str,
+    values: &[String],
+) -> Result<HashMap<String, String>, StoreError> {
+    let mut found = HashMap::new();
+    for chunk in values.chunks(500) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT {col}, id FROM crm_records WHERE entity = 'customer' AND {col} IN ({}) ORDER BY created_at",
+            list.join(",")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in chunk {
+            q = q.bind(v.as_str());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            found.entry(row.try_get::<String, _>(0)?).or_insert(row.try_get::<String, _>(1)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Gives every rule its business id: counters reserved in blocks, customers matched by mobile
+/// then ID number (two new records of one person in the same batch share one new id).
+pub async fn assign_ids(conn: &mut AnyConnection, rules: &[Option<&IdRule>]) -> Result<Vec<Option<String>>, StoreError> {
+    let mut out: Vec<Option<String>> = vec![None; rules.len()];
+    let mut mobiles = Vec::new();
+    let mut id_nos = Vec::new();
+    let (mut leads, mut counters): (i64, HashMap<&'static str, i64>) = (0, HashMap::new());
+    for rule in rules.iter().flatten() {
+        match rule {
+            IdRule::Customer { mobile, id_no } => {
+                mobiles.extend(mobile.clone());
+                id_nos.extend(id_no.clone());
+            }
+            IdRule::Lead => leads += 1,
+            IdRule::Counter(p) => *counters.entry(p).or_default() += 1,
+            IdRule::Natural(_) => {}
+        }
+    }
+    let by_mobile = if mobiles.is_empty() { HashMap::new() } else { customers_by(conn, "mobile", &mobiles).await? };
+    let by_id_no = if id_nos.is_empty() { HashMap::new() } else { customers_by(conn, "id_no", &id_nos).await? };
+    let day = china_day();
+    let mut next_lead = if leads > 0 { reserve(conn, &format!("lead:{day}"), leads).await? } else { 0 };
+    let mut next_counter = HashMap::new();
+    for (p, n) in &counters {
+        next_counter.insert(*p, reserve(conn, p, *n).await?);
+    }
+    let mut new_customers: Vec<usize> = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        out[i] = match rule {
+            None => None,
+            Some(IdRule::Natural(id)) => Some(id.clone()),
+            Some(IdRule::Lead) => {
+                let id = format!("L{day}{next_lead:05}");
+                next_lead += 1;
+                Some(id)
+            }
+            Some(IdRule::Counter(p)) => {
+                let n = next_counter.get_mut(p).expect("reserved above");
+                let id = format!("{p}{:010}", *n);
+                *n += 1;
+                Some(id)
+            }
+            Some(IdRule::Customer { mobile, id_no }) => {
+                let known = mobile
+                    .as_ref()
+                    .and_then(|m| by_mobile.get(m))
+                    .or_else(|| id_no.as_ref().and_then(|n| by_id_no.get(n)));
+                match known {
+                    Some(id) => Some(id.clone()),
+                    None => {
+                        new_customers.push(i);
+                        None
                     }
                 }
             }
-            Ok(format!("C{:09}", next_counter(conn, "customer").await?))
-        }
-        IdRule::Lead => {
-            let day = chrono::Utc::now()
-                .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"))
-                .format("%Y%m%d")
-                .to_string();
-            let n = next_counter(conn, &format!("lead:{day}")).await?;
-            Ok(format!("L{day}{n:05}"))
-        }
-        IdRule::Counter(prefix) => Ok(format!("{prefix}{:010}", next_counter(conn, prefix).await?)),
+        };
     }
+    if !new_customers.is_empty() {
+        let mut next = reserve(conn, "customer", new_customers.len() as i64).await?;
+        let mut minted: HashMap<String, String> = HashMap::new();
+        for i in new_customers {
+            let Some(IdRule::Customer { mobile, id_no }) = rules[i] else { continue };
+            let same_person = mobile
+                .as_ref()
+                .map(|m| format!("m:{m}"))
+                .and_then(|k| minted.get(&k).cloned())
+                .or_else(|| id_no.as_ref().map(|n| format!("i:{n}")).and_then(|k| minted.get(&k).cloned()));
+            let id = same_person.unwrap_or_else(|| {
+                let id = format!("C{next:09}");
+                next += 1;
+                id
+            });
+            for k in [mobile.as_ref().map(|m| format!("m:{m}")), id_no.as_ref().map(|n| format!("i:{n}"))].into_iter().flatten() {
+                minted.entry(k).or_insert_with(|| id.clone());
+            }
+            out[i] = Some(id);
+        }
+    }
+    Ok(out)
 }
 
 /// Journals a prepared event or replayed record (message, keys, deliveries) without the
 /// idempotency ledger: events are minted by the hub itself.
-pub async fn insert_prepared(
-    conn: &mut AnyConnection,
-    rec: &PreparedRecord,
-) -> Result<(), StoreError> {
+pub async fn insert_prepared(conn: &mut AnyConnection, rec: &PreparedRecord) -> Result<(), StoreError> {
     insert_message(conn, &rec.message).await?;
     insert_keys(conn, rec.message.id, &rec.keys).await?;
-    for d in &rec.deliveries {
-        insert_delivery(conn, rec.message.id, d).await?;
-    }
-    Ok(())
+    let ds: Vec<(Uuid, &NewDelivery)> = rec.deliveries.iter().map(|d| (rec.message.id, d)).collect();
+    insert_deliveries(conn, &ds).await
 }
 
-/// Journals one transport unit and its records; the heart of "accept = durable".
+/// Journals one transport unit and its records; the heart of "accept = durable". A constant
+/// number of statements per submission, whatever its size: ids, idempotency, messages, keys
+/// and deliveries each go in one multi-row statement.
 pub async fn accept(
     conn: &mut AnyConnection,
     transport: &NewMessage,
     transport_keys: &[(&'static str, String)],
-    records: Vec<PreparedRecord>,
+    mut records: Vec<PreparedRecord>,
 ) -> Result<Vec<RecordVerdict>, StoreError> {
-    insert_message(conn, transport).await?;
-    insert_keys(conn, transport.id, transport_keys).await?;
+    let rules: Vec<Option<&IdRule>> =
+        records.iter().map(|r| if r.errors.is_none() { r.id_rule.as_ref() } else { None }).collect();
+    let ids = assign_ids(conn, &rules).await?;
+
+    // Idempotency: the ledger row is inserted first; a key already there (now or earlier in this
+    // batch) makes the record a duplicate of the message that holds it.
+    let ledger: Vec<(usize, String, String)> = records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.errors.is_none())
+        .filter_map(|(i, r)| r.idempotency.clone().map(|(s, k)| (i, s, k)))
+        .collect();
+    let now = now_ms();
+    let rows = ledger
+        .iter()
+        .map(|(i, scope, key)| {
+            vec![
+                scope.clone().into(),
+                key.clone().into(),
+                records[*i].message.id.to_string().into(),
+                ids[*i].clone().into(),
+                now.into(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    let mut duplicate_of: HashMap<usize, (String, Option<String>)> = HashMap::new();
+    if !rows.is_empty() {
+        insert_rows(
+            conn,
+            "idempotency",
+            &["scope", "idem_key", "message_id", "entity_id", "created_at"],
+            rows,
+            "ON CONFLICT DO NOTHING",
+        )
+        .await?;
+        // Which message holds each key now: ours if the insert took, an earlier one otherwise.
+        for chunk in ledger.chunks(400) {
+            let cond: Vec<String> = (0..chunk.len())
+                .map(|j| format!("(scope = ${} AND idem_key = ${})", 2 * j + 1, 2 * j + 2))
+                .collect();
+            let sql = format!("SELECT scope, idem_key, message_id, entity_id FROM idempotency WHERE {}", cond.join(" OR "));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (_, scope, key) in chunk {
+                q = q.bind(scope.as_str()).bind(key.as_str());
+            }
+            let mut holder: HashMap<(String, String), (String, Option<String>)> = HashMap::new();
+            for row in q.fetch_all(&mut *conn).await? {
+                holder.insert((row.try_get(0)?, row.try_get(1)?), (row.try_get(2)?, row.try_get(3)?));
+            }
+            for (i, scope, key) in chunk {
+                if let Some((mid, entity)) = holder.get(&(scope.clone(), key.clone()))
+                    && *mid != records[*i].message.id.to_string()
+                {
+                    duplicate_of.insert(*i, (mid.clone(), entity.clone()));
+                }
+            }
+        }
+    }
+
     let mut verdicts = Vec::with_capacity(records.len());
-    for mut rec in records {
-        if let Some(errors) = rec.errors.take() {
-            insert_message(conn, &rec.message).await?;
-            insert_keys(conn, rec.message.id, &rec.keys).await?;
+    for (i, rec) in records.iter_mut().enumerate() {
+        if let Some(errors) = rec.errors.clone() {
             verdicts.push(RecordVerdict::Rejected {
                 message_id: rec.message.id,
                 errors,
             });
-            continue;
-        }
-        let entity_id = match &rec.id_rule {
-            Some(rule) => Some(assign_id(conn, rule).await?),
-            None => None,
-        };
-        if let Some((scope, key)) = &rec.idempotency {
-            let inserted = sqlx::query(
-                "INSERT INTO idempotency (scope, idem_key, message_id, entity_id, created_at) \
-                 VALUES ($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING",
-            )
-            .bind(scope.as_str())
-            .bind(key.as_str())
-            .bind(rec.message.id.to_string())
-            .bind(entity_id.as_deref())
-            .bind(now_ms())
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                let row = sqlx::query("SELECT message_id, entity_id FROM idempotency WHERE scope = $1 AND idem_key = $2")
-                    .bind(scope.as_str())
-                    .bind(key.as_str())
-                    .fetch_one(&mut *conn)
-                    .await?;
-                let first: String = row.try_get(0)?;
-                let first_entity: Option<String> = row.try_get(1)?;
-                rec.message.status = "duplicate";
-                rec.message.reason =
-                    Some(format!("duplicate of message {first}: no second effect"));
-                rec.message.entity_id = first_entity.clone();
-                rec.message.routes.clear();
-                insert_message(conn, &rec.message).await?;
-                insert_keys(conn, rec.message.id, &rec.keys).await?;
-                verdicts.push(RecordVerdict::Accepted {
-                    message_id: rec.message.id,
-                    id: first_entity,
-                    duplicate: true,
-                });
-                continue;
+        } else if let Some((first, entity)) = duplicate_of.get(&i) {
+            rec.message.status = "duplicate";
+            rec.message.reason = Some(format!("duplicate of message {first}: no second effect"));
+            rec.message.entity_id = entity.clone();
+            rec.message.routes.clear();
+            rec.deliveries.clear();
+            verdicts.push(RecordVerdict::Accepted {
+                message_id: rec.message.id,
+                id: entity.clone(),
+                duplicate: true,
+            });
+        } else {
+            rec.message.entity_id = ids[i].clone();
+            if let Some(id) = &ids[i] {
+                rec.keys.push((entity_key_kind(rec.message.record_type.as_deref()), id.clone()));
             }
+            verdicts.push(RecordVerdict::Accepted {
+                message_id: rec.message.id,
+                id: ids[i].clone(),
+                duplicate: false,
+            });
         }
-        rec.message.entity_id = entity_id.clone();
-        if let Some(id) = &entity_id {
-            rec.keys.push((
-                entity_key_kind(rec.message.record_type.as_deref()),
-                id.clone(),
-            ));
-        }
-        insert_message(conn, &rec.message).await?;
-        insert_keys(conn, rec.message.id, &rec.keys).await?;
-        for d in &rec.deliveries {
-            insert_delivery(conn, rec.message.id, d).await?;
-        }
-        verdicts.push(RecordVerdict::Accepted {
-            message_id: rec.message.id,
-            id: entity_id,
-            duplicate: false,
-        });
     }
+    let mut messages: Vec<&NewMessage> = vec![transport];
+    messages.extend(records.iter().map(|r| &r.message));
+    insert_messages(conn, &messages).await?;
+    let mut keys: Vec<(Uuid, &[(&'static str, String)])> = vec![(transport.id, transport_keys)];
+    keys.extend(records.iter().map(|r| (r.message.id, r.keys.as_slice())));
+    insert_keys_of(conn, &keys).await?;
+    let deliveries: Vec<(Uuid, &NewDelivery)> =
+        records.iter().flat_map(|r| r.deliveries.iter().map(move |d| (r.message.id, d))).collect();
+    insert_deliveries(conn, &deliveries).await?;
     Ok(verdicts)
 }
 

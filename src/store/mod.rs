@@ -6,6 +6,7 @@
 pub mod journal;
 pub mod postgres;
 pub mod queries;
+pub mod rows;
 pub mod sqlite;
 
 use std::future::Future;

@@ -67,7 +67,10 @@ pub async fn insert_rows(
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_chunk).collect();
-        let sql = insert_sql(table, cols, chunk.len(), suffix);
+        // SQLite resolves each `$N` by scanning the statement's parameter names (quadratic in the
+        // number of binds); anonymous `?` binds are positional. PostgreSQL needs `$N`.
+        let positional = conn.backend_name().eq_ignore_ascii_case("sqlite");
+        let sql = insert_sql(table, cols, chunk.len(), suffix, positional);
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
             debug_assert_eq!(row.len(), cols.len());
@@ -84,7 +87,7 @@ pub async fn insert_rows(
     Ok(affected)
 }
 
-pub fn insert_sql(table: &str, cols: &[&str], rows: usize, suffix: &str) -> String {
+pub fn insert_sql(table: &str, cols: &[&str], rows: usize, suffix: &str, positional: bool) -> String {
     let mut sql = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
     let mut n = 0;
     for r in 0..rows {
@@ -97,8 +100,12 @@ pub fn insert_sql(table: &str, cols: &[&str], rows: usize, suffix: &str) -> Stri
                 sql.push(',');
             }
             n += 1;
-            sql.push('$');
-            sql.push_str(&n.to_string());
+            if positional {
+                sql.push('?');
+            } else {
+                sql.push('$');
+                sql.push_str(&n.to_string());
+            }
         }
         sql.push(')');
     }
@@ -116,8 +123,9 @@ mod tests {
     #[test]
     fn builds_numbered_placeholders_for_every_row() {
         assert_eq!(
-            insert_sql("t", &["a", "b"], 2, "ON CONFLICT DO NOTHING"),
+            insert_sql("t", &["a", "b"], 2, "ON CONFLICT DO NOTHING", false),
             "INSERT INTO t (a, b) VALUES ($1,$2),($3,$4) ON CONFLICT DO NOTHING"
         );
+        assert_eq!(insert_sql("t", &["a"], 2, "", true), "INSERT INTO t (a) VALUES (?),(?)");
     }
 }

@@ -44,7 +44,10 @@ fn batch(seq: usize) -> Value {
 /// through sqlx), each row the size of a journaled lead. This is the ceiling the journal's
 /// several tables per record are compared with.
 async fn raw_sqlite_rate(dir: &std::path::Path, seconds: f64) -> f64 {
-    let opts: sqlx::sqlite::SqliteConnectOptions = format!("sqlite://{}/raw.db?mode=rwc", dir.display()).parse().unwrap();
+    let opts: sqlx::sqlite::SqliteConnectOptions =
+        format!("sqlite://{}/raw.db?mode=rwc", dir.display())
+            .parse()
+            .unwrap();
     let mut conn = opts.disable_statement_logging().connect().await.unwrap();
     conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; CREATE TABLE t (id TEXT PRIMARY KEY, k TEXT, body BLOB)")
         .await
@@ -60,7 +63,10 @@ async fn raw_sqlite_rate(dir: &std::path::Path, seconds: f64) -> f64 {
         for _ in 0..10 {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
             for _ in 0..100 {
-                q = q.bind(uuid::Uuid::now_v7().to_string()).bind(format!("k{n}")).bind(body.clone());
+                q = q
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(format!("k{n}"))
+                    .bind(body.clone());
                 n += 1;
             }
             q.execute(&mut *tx).await.unwrap();

@@ -173,6 +173,15 @@ impl Application {
                 redact_url(&settings.store.url)
             )
         })?;
+        if settings.profile == crate::settings::Profile::Local {
+            let seeded = store
+                .write(|c| Box::pin(crate::crm::seed_demo_dealers(c)))
+                .await
+                .context("Failed to seed the demo dealers")?;
+            if seeded > 0 {
+                tracing::info!(dealers = seeded, "Seeded the local profile's demo dealers.");
+            }
+        }
         let wake = Arc::new(Notify::new());
         let status = Arc::new(EndpointStates::default());
         let pipeline = Arc::new(Pipeline::new(
@@ -193,6 +202,7 @@ impl Application {
                 EndpointConfig::Rest(r) if r.direction == Direction::Out => {
                     let mut cfg = RestOutboundConfig::new(r.url.clone().unwrap_or_default());
                     cfg.timeout_ms = r.timeout_ms;
+                    cfg.method = r.method;
                     cfg.headers = r.headers.clone();
                     cfg.bearer_token = secret_from_env(&r.bearer_token_env)?;
                     let out = RestOutbound::new(cfg)

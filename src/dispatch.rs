@@ -16,7 +16,7 @@ use crate::crm::{self, CrmFailure};
 use crate::pipeline::Pipeline;
 use crate::settings::DispatchSettings;
 use crate::status::EndpointStates;
-use crate::store::journal::{self, AttemptRecord, Claimed};
+use crate::store::journal::{self, AttemptRecord, Claimed, Targets};
 use crate::store::{Store, StoreError, now_ms};
 use crate::telemetry::metrics_names as m;
 
@@ -30,6 +30,8 @@ pub struct Dispatcher {
     /// Woken by the pipeline when new deliveries are journaled, so idle polling stays rare.
     wake: Arc<Notify>,
     status: Arc<EndpointStates>,
+    /// The CRM store endpoints, as a claim filter.
+    crm_targets: Targets,
 }
 
 /// When the next attempt should happen: the partner's wish if it gave one, else exponential
@@ -136,7 +138,9 @@ impl Dispatcher {
         wake: Arc<Notify>,
         status: Arc<EndpointStates>,
     ) -> Dispatcher {
+        let crm_targets = Targets::Only(crm.keys().cloned().collect());
         Dispatcher {
+            crm_targets,
             store,
             pipeline,
             outbounds,
@@ -170,47 +174,167 @@ impl Dispatcher {
                     Err(e) => tracing::warn!(error = %e, "Could not release expired leases."),
                 }
             }
+            let lease = self.cfg.lease_secs.max(1) as i64 * 1000;
+            let batch = self.cfg.claim_batch.max(1);
+            let mut busy = false;
+            // CRM-store deliveries are claimed in batches and applied inside the writer, one
+            // transaction per batch: per-statement cost, not per-delivery work, is what limits
+            // a single-writer store.
+            if let Targets::Only(t) = &self.crm_targets
+                && !t.is_empty()
+            {
+                match self.claim(batch, lease, self.crm_targets.clone()).await {
+                    Ok(claimed) if !claimed.is_empty() => {
+                        busy = true;
+                        if let Ok(permit) = workers.clone().acquire_owned().await {
+                            let me = self.clone();
+                            tokio::spawn(async move {
+                                me.apply_crm_batch(claimed).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Claiming CRM deliveries failed; will try again.");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            // Partner deliveries: one worker each, never more claimed than workers are free, so
+            // leases do not run out while claimed work waits for a worker.
             let free = workers.available_permits();
-            if free == 0 {
+            if free > 0 && !self.outbounds.is_empty() {
+                let except = match &self.crm_targets {
+                    Targets::Only(t) => Targets::Except(t.clone()),
+                    other => other.clone(),
+                };
+                match self.claim((free as i64).min(batch), lease, except).await {
+                    Ok(claimed) => {
+                        busy |= !claimed.is_empty();
+                        for c in claimed {
+                            let Ok(permit) = workers.clone().acquire_owned().await else {
+                                break;
+                            };
+                            let me = self.clone();
+                            tokio::spawn(async move {
+                                me.attempt(c).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Claiming deliveries failed; will try again.");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            } else if free == 0 {
                 let _ = workers.clone().acquire_owned().await.map(drop);
                 continue;
             }
-            let limit = (free as i64).min(self.cfg.claim_batch.max(1));
-            let lease = self.cfg.lease_secs.max(1) as i64 * 1000;
-            let dialect = self.store.dialect();
-            let claimed = match self
-                .store
-                .write(move |c| Box::pin(journal::claim(c, dialect, limit, lease)))
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Claiming deliveries failed; will try again.");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if claimed.is_empty() {
+            if !busy {
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(idle) => {}
                     _ = shutdown.changed() => {}
                 }
-                continue;
-            }
-            for c in claimed {
-                let Ok(permit) = workers.clone().acquire_owned().await else {
-                    break;
-                };
-                let me = self.clone();
-                tokio::spawn(async move {
-                    me.attempt(c).await;
-                    drop(permit);
-                });
             }
         }
         // Let running attempts finish so their outcomes are recorded.
         let _ = workers.acquire_many(self.cfg.workers.max(1) as u32).await;
+    }
+
+    async fn claim(
+        &self,
+        limit: i64,
+        lease: i64,
+        targets: Targets,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let dialect = self.store.dialect();
+        self.store
+            .write(move |c| {
+                Box::pin(async move { journal::claim(c, dialect, limit, lease, &targets).await })
+            })
+            .await
+    }
+
+    /// Applies a batch of CRM-store deliveries in one write transaction. If the batch fails as a
+    /// whole (a store error), each delivery is tried again on its own, so one bad record cannot
+    /// hold the others back.
+    async fn apply_crm_batch(&self, batch: Vec<Claimed>) {
+        let started_at = now_ms();
+        let t0 = Instant::now();
+        let pipeline = self.pipeline.clone();
+        let crm = self.crm.clone();
+        let items = batch.clone();
+        let res = self
+            .store
+            .write(move |conn| {
+                Box::pin(async move {
+                    let mut done = Vec::with_capacity(items.len());
+                    for c in items {
+                        let approval = crm.get(&c.target).copied().unwrap_or(true);
+                        let a = match crm::apply(conn, &c, approval).await {
+                            Ok(applied) => {
+                                for ev in &applied.events {
+                                    journal::insert_prepared(
+                                        conn,
+                                        &pipeline.prepare_event(
+                                            c.message_id,
+                                            c.correlation_id.clone(),
+                                            &c.target,
+                                            ev,
+                                        ),
+                                    )
+                                    .await?;
+                                }
+                                let mut a = plan(
+                                    &c,
+                                    &Outcome::Delivered { remote_ref: None },
+                                    started_at,
+                                    0,
+                                );
+                                a.reason = Some(applied.summary);
+                                a
+                            }
+                            Err(CrmFailure::Reject(r)) => {
+                                plan(&c, &Outcome::reject(r), started_at, 0)
+                            }
+                            Err(CrmFailure::Retry(r)) => {
+                                plan(&c, &Outcome::retry(r), started_at, 0)
+                            }
+                            Err(CrmFailure::Store(e)) => return Err(e),
+                        };
+                        done.push((c, a));
+                    }
+                    let elapsed = t0.elapsed().as_millis() as i64;
+                    for (_, a) in &mut done {
+                        a.duration_ms = elapsed;
+                    }
+                    journal::complete_many(conn, &done).await?;
+                    Ok(done
+                        .into_iter()
+                        .map(|(c, a)| (c, a.status))
+                        .collect::<Vec<_>>())
+                })
+            })
+            .await;
+        match res {
+            Ok(list) => {
+                for (c, status) in &list {
+                    self.count(c, status);
+                }
+                self.wake.notify_one();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, deliveries = batch.len(), "CRM batch failed; applying its deliveries one by one.");
+                for c in batch {
+                    self.attempt(c).await;
+                }
+            }
+        }
     }
 
     /// Attempts everything due now, sequentially, until nothing is due (tests and `replay`).
@@ -220,7 +344,11 @@ impl Dispatcher {
         loop {
             let claimed = self
                 .store
-                .write(move |c| Box::pin(journal::claim(c, dialect, 256, 60_000)))
+                .write(move |c| {
+                    Box::pin(
+                        async move { journal::claim(c, dialect, 256, 60_000, &Targets::All).await },
+                    )
+                })
                 .await?;
             if claimed.is_empty() {
                 return Ok(n);
@@ -353,7 +481,12 @@ impl Dispatcher {
                             for ev in &applied.events {
                                 journal::insert_prepared(
                                     conn,
-                                    &pipeline.prepare_event(c.message_id, &c.target, ev),
+                                    &pipeline.prepare_event(
+                                        c.message_id,
+                                        c.correlation_id.clone(),
+                                        &c.target,
+                                        ev,
+                                    ),
                                 )
                                 .await?;
                             }

@@ -83,6 +83,7 @@ impl Pipeline {
     pub(crate) fn prepare_event(
         &self,
         parent: Uuid,
+        correlation_id: Option<String>,
         crm_endpoint: &str,
         ev: &ChangeEvent,
     ) -> PreparedRecord {
@@ -92,6 +93,8 @@ impl Pipeline {
             Default::default(),
         );
         env.id = parent;
+        // The change carries the correlation id of what caused it, through every later hop.
+        env.correlation_id = correlation_id;
         let mut rec = self.prepare_record(
             &env,
             0,

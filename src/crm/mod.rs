@@ -10,6 +10,7 @@ use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 use crate::store::journal::{Claimed, parse_uuid};
+use crate::store::rows::insert_rows;
 use crate::store::{StoreError, now_ms};
 
 /// Customer fields whose change from a DMS needs headquarters' approval.
@@ -80,6 +81,9 @@ pub struct Columns {
     pub id_no: Option<String>,
     pub reference: Option<String>,
     pub src_updated_at: Option<i64>,
+    /// Fields set only when the record is created (a new lead's `status`), so replaying a
+    /// record never resets what happened to it since.
+    pub on_create: Vec<(&'static str, Value)>,
 }
 
 fn text(v: &Value) -> Option<String> {
@@ -111,6 +115,11 @@ pub async fn upsert(
     .await?;
     let msg_id = src.message_id.map(|m| m.to_string());
     let Some(row) = existing else {
+        let mut created = incoming.clone();
+        for (k, v) in &cols.on_create {
+            created.entry(k.to_string()).or_insert_with(|| v.clone());
+        }
+        let incoming = &created;
         sqlx::query(
             "INSERT INTO crm_records (entity, id, data, version, dealer_code, mobile, id_no, ref, source_system, \
              src_updated_at, created_at, updated_at) VALUES ($1,$2,$3,1,$4,$5,$6,$7,$8,$9,$10,$10)",
@@ -127,20 +136,11 @@ pub async fn upsert(
         .bind(now)
         .execute(&mut *conn)
         .await?;
-        for (field, value) in incoming {
-            history(
-                conn,
-                entity,
-                id,
-                field,
-                None,
-                text(value).as_deref(),
-                src,
-                msg_id.as_deref(),
-                now,
-            )
-            .await?;
-        }
+        let rows: Vec<HistoryRow> = incoming
+            .iter()
+            .map(|(f, v)| (f.clone(), None, text(v)))
+            .collect();
+        history(conn, entity, id, rows, src, msg_id.as_deref(), now).await?;
         return Ok(Upserted {
             created: true,
             version: 1,
@@ -167,6 +167,7 @@ pub async fn upsert(
         version,
         ..Default::default()
     };
+    let mut changes: Vec<HistoryRow> = Vec::new();
     for (field, value) in incoming {
         let old = current.get(field);
         if old == Some(value) {
@@ -201,22 +202,12 @@ pub async fn upsert(
             out.held.push(field.clone());
             continue;
         }
-        history(
-            conn,
-            entity,
-            id,
-            field,
-            old.and_then(text).as_deref(),
-            text(value).as_deref(),
-            src,
-            msg_id.as_deref(),
-            now,
-        )
-        .await?;
+        changes.push((field.clone(), old.and_then(text), text(value)));
         current.insert(field.clone(), value.clone());
         out.changed.push(field.clone());
     }
     if !out.changed.is_empty() {
+        history(conn, entity, id, changes, src, msg_id.as_deref(), now).await?;
         out.version = version + 1;
         sqlx::query(
             "UPDATE crm_records SET data = $1, version = $2, dealer_code = COALESCE($3, dealer_code), \
@@ -241,31 +232,50 @@ pub async fn upsert(
     Ok(out)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One changed field: name, old value, new value.
+type HistoryRow = (String, Option<String>, Option<String>);
+
+/// Writes the change history of one record in one statement.
 async fn history(
     conn: &mut AnyConnection,
     entity: &str,
     id: &str,
-    field: &str,
-    old: Option<&str>,
-    new: Option<&str>,
+    changes: Vec<HistoryRow>,
     src: &ChangeSource,
     message_id: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO change_history (entity, entity_id, field, old_value, new_value, source_system, message_id, changed_at) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+    let rows = changes
+        .into_iter()
+        .map(|(field, old, new)| {
+            vec![
+                entity.into(),
+                id.into(),
+                field.into(),
+                old.into(),
+                new.into(),
+                src.system.as_str().into(),
+                message_id.into(),
+                now.into(),
+            ]
+        })
+        .collect();
+    insert_rows(
+        conn,
+        "change_history",
+        &[
+            "entity",
+            "entity_id",
+            "field",
+            "old_value",
+            "new_value",
+            "source_system",
+            "message_id",
+            "changed_at",
+        ],
+        rows,
+        "",
     )
-    .bind(entity)
-    .bind(id)
-    .bind(field)
-    .bind(old)
-    .bind(new)
-    .bind(src.system.as_str())
-    .bind(message_id)
-    .bind(now)
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }
@@ -381,8 +391,8 @@ pub async fn apply(
                 dealer_code: str_field(&rec, "dealer_code"),
                 mobile,
                 id_no,
-                reference: None,
                 src_updated_at,
+                ..Default::default()
             };
             let up = upsert(conn, "customer", &id, &rec, &cols, &src).await?;
             let summary = if up.stale {
@@ -420,9 +430,9 @@ pub async fn apply(
                 rec.insert("customer_id".into(), Value::String(cid));
             }
             rec.insert("lead_id".into(), Value::String(id.clone()));
-            rec.entry("status").or_insert(Value::String("new".into()));
             let cols = Columns {
                 mobile,
+                on_create: vec![("status", Value::String("new".into()))],
                 ..Default::default()
             };
             let up = upsert(conn, "lead", &id, &rec, &cols, &src).await?;
@@ -593,6 +603,48 @@ pub async fn edit_customer(
     let up = upsert(conn, "customer", id, fields, &Columns::default(), &src).await?;
     let ev = (!up.changed.is_empty()).then(|| customer_event(id, &up, &src));
     Ok((up, ev))
+}
+
+/// The demo dealers of the local profile (INTERFACES §0), created once if absent, so a newcomer's
+/// first DMS records have dealers to belong to.
+pub async fn seed_demo_dealers(conn: &mut AnyConnection) -> Result<u32, StoreError> {
+    let demo = [
+        ("D0001", "广州示范经销店", "华南", "广东", "广州"),
+        ("D0002", "深圳示范经销店", "华南", "广东", "深圳"),
+        ("D0003", "北京示范经销店", "华北", "北京", "北京"),
+    ];
+    let src = ChangeSource {
+        system: "seed:local".into(),
+        message_id: None,
+        needs_approval: false,
+    };
+    let mut created = 0;
+    for (code, name, region, province, city) in demo {
+        let exists = sqlx::query("SELECT 1 FROM crm_records WHERE entity = 'dealer' AND id = $1")
+            .bind(code)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if exists.is_some() {
+            continue;
+        }
+        let data = json!({"dealer_code": code, "dealer_name": name, "region": region, "province": province,
+                          "city": city, "status": "active"});
+        let cols = Columns {
+            dealer_code: Some(code.to_string()),
+            ..Default::default()
+        };
+        upsert(
+            conn,
+            "dealer",
+            code,
+            data.as_object().expect("object literal"),
+            &cols,
+            &src,
+        )
+        .await?;
+        created += 1;
+    }
+    Ok(created)
 }
 
 /// The message id of a claimed delivery's record, parsed.

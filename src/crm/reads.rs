@@ -23,9 +23,10 @@ fn record(r: &AnyRow, id_field: &str) -> Result<Value, StoreError> {
             out.entry(k).or_insert(v);
         }
     }
+    // The record's own fields (a DMS's `updated_at`) win; the store's bookkeeping has its own names.
     out.insert("version".into(), json!(r.try_get::<i64, _>(2)?));
-    out.insert("created_at".into(), json!(ms(r.try_get(4)?)));
-    out.insert("updated_at".into(), json!(ms(r.try_get(5)?)));
+    out.insert("crm_created_at".into(), json!(ms(r.try_get(4)?)));
+    out.insert("crm_updated_at".into(), json!(ms(r.try_get(5)?)));
     Ok(Value::Object(out))
 }
 

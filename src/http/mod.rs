@@ -391,7 +391,7 @@ async fn put_customer(
                 if let Some(ev) = ev {
                     journal::insert_prepared(
                         c,
-                        &pipeline.prepare_event(Uuid::now_v7(), "crm_store", &ev),
+                        &pipeline.prepare_event(Uuid::now_v7(), None, "crm_store", &ev),
                     )
                     .await?;
                 }
@@ -456,7 +456,7 @@ async fn decide_approval(
                 if let Some(ev) = ev {
                     journal::insert_prepared(
                         c,
-                        &pipeline.prepare_event(Uuid::now_v7(), "crm_store", &ev),
+                        &pipeline.prepare_event(Uuid::now_v7(), None, "crm_store", &ev),
                     )
                     .await?;
                 }

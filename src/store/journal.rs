@@ -80,8 +80,23 @@ pub struct PreparedRecord {
 }
 
 const MESSAGE_COLS: &[&str] = &[
-    "id", "parent_id", "kind", "endpoint", "record_type", "routes", "received_at", "correlation_id", "partner",
-    "dealer_code", "source_ref", "status", "reason", "entity_id", "content_type", "headers", "body",
+    "id",
+    "parent_id",
+    "kind",
+    "endpoint",
+    "record_type",
+    "routes",
+    "received_at",
+    "correlation_id",
+    "partner",
+    "dealer_code",
+    "source_ref",
+    "status",
+    "reason",
+    "entity_id",
+    "content_type",
+    "headers",
+    "body",
 ];
 
 fn message_row(m: &NewMessage) -> Vec<Arg> {
@@ -106,8 +121,18 @@ fn message_row(m: &NewMessage) -> Vec<Arg> {
     ]
 }
 
-pub async fn insert_messages(conn: &mut AnyConnection, ms: &[&NewMessage]) -> Result<(), StoreError> {
-    insert_rows(conn, "messages", MESSAGE_COLS, ms.iter().map(|m| message_row(m)).collect(), "").await?;
+pub async fn insert_messages(
+    conn: &mut AnyConnection,
+    ms: &[&NewMessage],
+) -> Result<(), StoreError> {
+    insert_rows(
+        conn,
+        "messages",
+        MESSAGE_COLS,
+        ms.iter().map(|m| message_row(m)).collect(),
+        "",
+    )
+    .await?;
     Ok(())
 }
 
@@ -126,10 +151,19 @@ pub async fn insert_keys_of(
             let id = id.to_string();
             ks.iter()
                 .filter(|(_, v)| !v.is_empty())
-                .map(move |(kind, value)| vec![value.clone().into(), (*kind).into(), id.clone().into()])
+                .map(move |(kind, value)| {
+                    vec![value.clone().into(), (*kind).into(), id.clone().into()]
+                })
         })
         .collect();
-    insert_rows(conn, "message_keys", &["value", "kind", "message_id"], rows, "ON CONFLICT DO NOTHING").await?;
+    insert_rows(
+        conn,
+        "message_keys",
+        &["value", "kind", "message_id"],
+        rows,
+        "ON CONFLICT DO NOTHING",
+    )
+    .await?;
     Ok(())
 }
 
@@ -142,13 +176,31 @@ pub async fn insert_keys(
 }
 
 const DELIVERY_COLS: &[&str] = &[
-    "message_id", "route", "target", "lane", "dealer_code", "status", "attempts", "max_attempts", "backoff_ms",
-    "max_backoff_ms", "next_attempt_at", "mapping", "mapping_version", "content_type", "headers", "body",
-    "created_at", "updated_at",
+    "message_id",
+    "route",
+    "target",
+    "lane",
+    "dealer_code",
+    "status",
+    "attempts",
+    "max_attempts",
+    "backoff_ms",
+    "max_backoff_ms",
+    "next_attempt_at",
+    "mapping",
+    "mapping_version",
+    "content_type",
+    "headers",
+    "body",
+    "created_at",
+    "updated_at",
 ];
 
 /// Deliveries of many messages in one statement; ids (and so lane order) follow slice order.
-pub async fn insert_deliveries(conn: &mut AnyConnection, ds: &[(Uuid, &NewDelivery)]) -> Result<(), StoreError> {
+pub async fn insert_deliveries(
+    conn: &mut AnyConnection,
+    ds: &[(Uuid, &NewDelivery)],
+) -> Result<(), StoreError> {
     let now = now_ms();
     let rows = ds
         .iter()
@@ -179,7 +231,11 @@ pub async fn insert_deliveries(conn: &mut AnyConnection, ds: &[(Uuid, &NewDelive
     Ok(())
 }
 
-pub async fn insert_delivery(conn: &mut AnyConnection, message_id: Uuid, d: &NewDelivery) -> Result<(), StoreError> {
+pub async fn insert_delivery(
+    conn: &mut AnyConnection,
+    message_id: Uuid,
+    d: &NewDelivery,
+) -> Result<(), StoreError> {
     insert_deliveries(conn, &[(message_id, d)]).await
 }
 
@@ -221,7 +277,9 @@ async fn customers_by(
             q = q.bind(v.as_str());
         }
         for row in q.fetch_all(&mut *conn).await? {
-            found.entry(row.try_get::<String, _>(0)?).or_insert(row.try_get::<String, _>(1)?);
+            found
+                .entry(row.try_get::<String, _>(0)?)
+                .or_insert(row.try_get::<String, _>(1)?);
         }
     }
     Ok(found)
@@ -229,7 +287,10 @@ async fn customers_by(
 
 /// Gives every rule its business id: counters reserved in blocks, customers matched by mobile
 /// then ID number (two new records of one person in the same batch share one new id).
-pub async fn assign_ids(conn: &mut AnyConnection, rules: &[Option<&IdRule>]) -> Result<Vec<Option<String>>, StoreError> {
+pub async fn assign_ids(
+    conn: &mut AnyConnection,
+    rules: &[Option<&IdRule>],
+) -> Result<Vec<Option<String>>, StoreError> {
     let mut out: Vec<Option<String>> = vec![None; rules.len()];
     let mut mobiles = Vec::new();
     let mut id_nos = Vec::new();
@@ -245,10 +306,22 @@ pub async fn assign_ids(conn: &mut AnyConnection, rules: &[Option<&IdRule>]) -> 
             IdRule::Natural(_) => {}
         }
     }
-    let by_mobile = if mobiles.is_empty() { HashMap::new() } else { customers_by(conn, "mobile", &mobiles).await? };
-    let by_id_no = if id_nos.is_empty() { HashMap::new() } else { customers_by(conn, "id_no", &id_nos).await? };
+    let by_mobile = if mobiles.is_empty() {
+        HashMap::new()
+    } else {
+        customers_by(conn, "mobile", &mobiles).await?
+    };
+    let by_id_no = if id_nos.is_empty() {
+        HashMap::new()
+    } else {
+        customers_by(conn, "id_no", &id_nos).await?
+    };
     let day = china_day();
-    let mut next_lead = if leads > 0 { reserve(conn, &format!("lead:{day}"), leads).await? } else { 0 };
+    let mut next_lead = if leads > 0 {
+        reserve(conn, &format!("lead:{day}"), leads).await?
+    } else {
+        0
+    };
     let mut next_counter = HashMap::new();
     for (p, n) in &counters {
         next_counter.insert(*p, reserve(conn, p, *n).await?);
@@ -288,18 +361,31 @@ pub async fn assign_ids(conn: &mut AnyConnection, rules: &[Option<&IdRule>]) -> 
         let mut next = reserve(conn, "customer", new_customers.len() as i64).await?;
         let mut minted: HashMap<String, String> = HashMap::new();
         for i in new_customers {
-            let Some(IdRule::Customer { mobile, id_no }) = rules[i] else { continue };
+            let Some(IdRule::Customer { mobile, id_no }) = rules[i] else {
+                continue;
+            };
             let same_person = mobile
                 .as_ref()
                 .map(|m| format!("m:{m}"))
                 .and_then(|k| minted.get(&k).cloned())
-                .or_else(|| id_no.as_ref().map(|n| format!("i:{n}")).and_then(|k| minted.get(&k).cloned()));
+                .or_else(|| {
+                    id_no
+                        .as_ref()
+                        .map(|n| format!("i:{n}"))
+                        .and_then(|k| minted.get(&k).cloned())
+                });
             let id = same_person.unwrap_or_else(|| {
                 let id = format!("C{next:09}");
                 next += 1;
                 id
             });
-            for k in [mobile.as_ref().map(|m| format!("m:{m}")), id_no.as_ref().map(|n| format!("i:{n}"))].into_iter().flatten() {
+            for k in [
+                mobile.as_ref().map(|m| format!("m:{m}")),
+                id_no.as_ref().map(|n| format!("i:{n}")),
+            ]
+            .into_iter()
+            .flatten()
+            {
                 minted.entry(k).or_insert_with(|| id.clone());
             }
             out[i] = Some(id);
@@ -310,10 +396,14 @@ pub async fn assign_ids(conn: &mut AnyConnection, rules: &[Option<&IdRule>]) -> 
 
 /// Journals a prepared event or replayed record (message, keys, deliveries) without the
 /// idempotency ledger: events are minted by the hub itself.
-pub async fn insert_prepared(conn: &mut AnyConnection, rec: &PreparedRecord) -> Result<(), StoreError> {
+pub async fn insert_prepared(
+    conn: &mut AnyConnection,
+    rec: &PreparedRecord,
+) -> Result<(), StoreError> {
     insert_message(conn, &rec.message).await?;
     insert_keys(conn, rec.message.id, &rec.keys).await?;
-    let ds: Vec<(Uuid, &NewDelivery)> = rec.deliveries.iter().map(|d| (rec.message.id, d)).collect();
+    let ds: Vec<(Uuid, &NewDelivery)> =
+        rec.deliveries.iter().map(|d| (rec.message.id, d)).collect();
     insert_deliveries(conn, &ds).await
 }
 
@@ -326,8 +416,16 @@ pub async fn accept(
     transport_keys: &[(&'static str, String)],
     mut records: Vec<PreparedRecord>,
 ) -> Result<Vec<RecordVerdict>, StoreError> {
-    let rules: Vec<Option<&IdRule>> =
-        records.iter().map(|r| if r.errors.is_none() { r.id_rule.as_ref() } else { None }).collect();
+    let rules: Vec<Option<&IdRule>> = records
+        .iter()
+        .map(|r| {
+            if r.errors.is_none() {
+                r.id_rule.as_ref()
+            } else {
+                None
+            }
+        })
+        .collect();
     let ids = assign_ids(conn, &rules).await?;
 
     // Idempotency: the ledger row is inserted first; a key already there (now or earlier in this
@@ -366,14 +464,20 @@ pub async fn accept(
             let cond: Vec<String> = (0..chunk.len())
                 .map(|j| format!("(scope = ${} AND idem_key = ${})", 2 * j + 1, 2 * j + 2))
                 .collect();
-            let sql = format!("SELECT scope, idem_key, message_id, entity_id FROM idempotency WHERE {}", cond.join(" OR "));
+            let sql = format!(
+                "SELECT scope, idem_key, message_id, entity_id FROM idempotency WHERE {}",
+                cond.join(" OR ")
+            );
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (_, scope, key) in chunk {
                 q = q.bind(scope.as_str()).bind(key.as_str());
             }
             let mut holder: HashMap<(String, String), (String, Option<String>)> = HashMap::new();
             for row in q.fetch_all(&mut *conn).await? {
-                holder.insert((row.try_get(0)?, row.try_get(1)?), (row.try_get(2)?, row.try_get(3)?));
+                holder.insert(
+                    (row.try_get(0)?, row.try_get(1)?),
+                    (row.try_get(2)?, row.try_get(3)?),
+                );
             }
             for (i, scope, key) in chunk {
                 if let Some((mid, entity)) = holder.get(&(scope.clone(), key.clone()))
@@ -406,7 +510,10 @@ pub async fn accept(
         } else {
             rec.message.entity_id = ids[i].clone();
             if let Some(id) = &ids[i] {
-                rec.keys.push((entity_key_kind(rec.message.record_type.as_deref()), id.clone()));
+                rec.keys.push((
+                    entity_key_kind(rec.message.record_type.as_deref()),
+                    id.clone(),
+                ));
             }
             verdicts.push(RecordVerdict::Accepted {
                 message_id: rec.message.id,
@@ -421,8 +528,10 @@ pub async fn accept(
     let mut keys: Vec<(Uuid, &[(&'static str, String)])> = vec![(transport.id, transport_keys)];
     keys.extend(records.iter().map(|r| (r.message.id, r.keys.as_slice())));
     insert_keys_of(conn, &keys).await?;
-    let deliveries: Vec<(Uuid, &NewDelivery)> =
-        records.iter().flat_map(|r| r.deliveries.iter().map(move |d| (r.message.id, d))).collect();
+    let deliveries: Vec<(Uuid, &NewDelivery)> = records
+        .iter()
+        .flat_map(|r| r.deliveries.iter().map(move |d| (r.message.id, d)))
+        .collect();
     insert_deliveries(conn, &deliveries).await?;
     Ok(verdicts)
 }
@@ -460,6 +569,15 @@ pub struct Claimed {
     pub lease_until: i64,
 }
 
+/// Which targets a claim takes: the dispatcher claims CRM-store deliveries (applied in batches
+/// inside the writer) apart from partner deliveries (one worker each).
+#[derive(Debug, Clone)]
+pub enum Targets {
+    All,
+    Only(Vec<String>),
+    Except(Vec<String>),
+}
+
 /// Claims up to `limit` due deliveries whose lane is free (no earlier unfinished delivery with
 /// the same lane key to the same target). On PostgreSQL, `SKIP LOCKED` lets several instances
 /// claim concurrently without ever taking the same row.
@@ -468,6 +586,7 @@ pub async fn claim(
     dialect: Dialect,
     limit: i64,
     lease_ms: i64,
+    targets: &Targets,
 ) -> Result<Vec<Claimed>, StoreError> {
     let now = now_ms();
     let lease_until = now + lease_ms;
@@ -475,22 +594,43 @@ pub async fn claim(
         Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
         Dialect::Sqlite => "",
     };
+    let (filter, names) = match targets {
+        Targets::All => (String::new(), &[][..]),
+        Targets::Only(t) | Targets::Except(t) if t.is_empty() => match targets {
+            Targets::Only(_) => return Ok(Vec::new()),
+            _ => (String::new(), &[][..]),
+        },
+        Targets::Only(t) | Targets::Except(t) => {
+            let list: Vec<String> = (0..t.len()).map(|i| format!("${}", i + 4)).collect();
+            let not = if matches!(targets, Targets::Except(_)) {
+                "NOT "
+            } else {
+                ""
+            };
+            (
+                format!("AND d.target {not}IN ({})", list.join(",")),
+                t.as_slice(),
+            )
+        }
+    };
     let sql = format!(
         "UPDATE deliveries SET status = 'in_flight', lease_until = $1, attempts = attempts + 1, updated_at = $2 \
          WHERE id IN (SELECT d.id FROM deliveries d WHERE d.status = 'pending' AND d.next_attempt_at <= $2 \
            AND (d.lane IS NULL OR NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.target = d.target AND p.lane = d.lane \
                 AND p.id < d.id AND p.status IN ('pending','in_flight','parked'))) \
-           ORDER BY d.next_attempt_at, d.id LIMIT $3 {lock}) \
+           {filter} ORDER BY d.next_attempt_at, d.id LIMIT $3 {lock}) \
          RETURNING id, message_id, route, target, lane, dealer_code, attempts, max_attempts, backoff_ms, \
            max_backoff_ms, mapping_version, content_type, headers, body, \
            (SELECT correlation_id FROM messages m WHERE m.id = deliveries.message_id)"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(lease_until)
         .bind(now)
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await?;
+        .bind(limit);
+    for t in names {
+        q = q.bind(t.as_str());
+    }
+    let rows = q.fetch_all(&mut *conn).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         out.push(Claimed {
@@ -554,7 +694,65 @@ pub async fn complete(
     c: &Claimed,
     a: &AttemptRecord,
 ) -> Result<bool, StoreError> {
+    if !complete_status(conn, c, a).await? {
+        return Ok(false);
+    }
+    insert_attempts(conn, &[(c, a)]).await?;
+    Ok(true)
+}
+
+/// Records many attempts of one claim at once: the delivered ones with one UPDATE, the others
+/// one by one, all attempt rows in one INSERT. Fails (so the caller's transaction rolls back)
+/// if any lease was lost.
+pub async fn complete_many(
+    conn: &mut AnyConnection,
+    items: &[(Claimed, AttemptRecord)],
+) -> Result<(), StoreError> {
     let now = now_ms();
+    let mut delivered: Vec<&Claimed> = Vec::new();
+    for (c, a) in items {
+        if a.status == "delivered" && a.remote_ref.is_none() {
+            delivered.push(c);
+        } else if !complete_status(conn, c, a).await? {
+            return Err(StoreError::Conflict(format!(
+                "lease on delivery {} lost",
+                c.id
+            )));
+        }
+    }
+    // One claim shares one lease value; group by it so the lease check stays exact.
+    let mut by_lease: HashMap<i64, Vec<&Claimed>> = HashMap::new();
+    for c in delivered {
+        by_lease.entry(c.lease_until).or_default().push(c);
+    }
+    for (lease, group) in by_lease {
+        for chunk in group.chunks(500) {
+            let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "UPDATE deliveries SET status = 'delivered', next_attempt_at = $1, lease_until = NULL, last_reason = NULL, \
+             updated_at = $1 WHERE status = 'in_flight' AND lease_until = $2 AND id IN ({})",
+                ids.join(",")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(lease);
+            for c in chunk {
+                q = q.bind(c.id);
+            }
+            let n = q.execute(&mut *conn).await?.rows_affected();
+            if n != chunk.len() as u64 {
+                return Err(StoreError::Conflict("a lease in the batch was lost".into()));
+            }
+        }
+    }
+    let all: Vec<(&Claimed, &AttemptRecord)> = items.iter().map(|(c, a)| (c, a)).collect();
+    insert_attempts(conn, &all).await
+}
+
+/// The status part of `complete`, without the attempt row.
+async fn complete_status(
+    conn: &mut AnyConnection,
+    c: &Claimed,
+    a: &AttemptRecord,
+) -> Result<bool, StoreError> {
     let n = sqlx::query(
         "UPDATE deliveries SET status = $1, next_attempt_at = $2, lease_until = NULL, last_reason = $3, \
          remote_ref = COALESCE($4, remote_ref), updated_at = $5 \
@@ -564,31 +762,54 @@ pub async fn complete(
     .bind(a.next_attempt_at)
     .bind(a.reason.as_deref())
     .bind(a.remote_ref.as_deref())
-    .bind(now)
+    .bind(now_ms())
     .bind(c.id)
     .bind(c.lease_until)
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    if n == 0 {
-        return Ok(false);
-    }
-    sqlx::query(
-        "INSERT INTO attempts (delivery_id, attempt_no, started_at, duration_ms, outcome, reason, cause_chain, \
-         mapping_version, remote_ref) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+    Ok(n == 1)
+}
+
+async fn insert_attempts(
+    conn: &mut AnyConnection,
+    items: &[(&Claimed, &AttemptRecord)],
+) -> Result<(), StoreError> {
+    let rows = items
+        .iter()
+        .map(|(c, a)| {
+            vec![
+                c.id.into(),
+                c.attempts.into(),
+                a.started_at.into(),
+                a.duration_ms.into(),
+                a.outcome.into(),
+                a.reason.clone().into(),
+                json!(a.cause_chain).to_string().into(),
+                c.mapping_version.into(),
+                a.remote_ref.clone().into(),
+            ]
+        })
+        .collect();
+    insert_rows(
+        conn,
+        "attempts",
+        &[
+            "delivery_id",
+            "attempt_no",
+            "started_at",
+            "duration_ms",
+            "outcome",
+            "reason",
+            "cause_chain",
+            "mapping_version",
+            "remote_ref",
+        ],
+        rows,
+        "",
     )
-    .bind(c.id)
-    .bind(c.attempts)
-    .bind(a.started_at)
-    .bind(a.duration_ms)
-    .bind(a.outcome)
-    .bind(a.reason.as_deref())
-    .bind(json!(a.cause_chain).to_string())
-    .bind(c.mapping_version)
-    .bind(a.remote_ref.as_deref())
-    .execute(&mut *conn)
     .await?;
-    Ok(true)
+    Ok(())
 }
 
 /// Operator action: put a parked (or rejected, or pending) delivery back in line now.

@@ -274,9 +274,11 @@ pub async fn flows(
             ("last_hour", now - 3_600_000),
             ("last_day", now - 86_400_000),
         ] {
+            // A pending delivery that has been tried is retrying.
             let rows = sqlx::query(
-                "SELECT status, COUNT(*) FROM deliveries WHERE route = $1 AND updated_at >= $2 \
-                 AND ($3 = '' OR dealer_code = $3) GROUP BY status",
+                "SELECT CASE WHEN status = 'pending' AND attempts > 0 THEN 'retrying' ELSE status END, COUNT(*) \
+                 FROM deliveries WHERE route = $1 AND updated_at >= $2 AND ($3 = '' OR dealer_code = $3) \
+                 GROUP BY CASE WHEN status = 'pending' AND attempts > 0 THEN 'retrying' ELSE status END",
             )
             .bind(route.as_str())
             .bind(since)

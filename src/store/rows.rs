@@ -87,7 +87,13 @@ pub async fn insert_rows(
     Ok(affected)
 }
 
-pub fn insert_sql(table: &str, cols: &[&str], rows: usize, suffix: &str, positional: bool) -> String {
+pub fn insert_sql(
+    table: &str,
+    cols: &[&str],
+    rows: usize,
+    suffix: &str,
+    positional: bool,
+) -> String {
     let mut sql = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
     let mut n = 0;
     for r in 0..rows {
@@ -126,6 +132,9 @@ mod tests {
             insert_sql("t", &["a", "b"], 2, "ON CONFLICT DO NOTHING", false),
             "INSERT INTO t (a, b) VALUES ($1,$2),($3,$4) ON CONFLICT DO NOTHING"
         );
-        assert_eq!(insert_sql("t", &["a"], 2, "", true), "INSERT INTO t (a) VALUES (?),(?)");
+        assert_eq!(
+            insert_sql("t", &["a"], 2, "", true),
+            "INSERT INTO t (a) VALUES (?),(?)"
+        );
     }
 }

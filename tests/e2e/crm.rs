@@ -180,6 +180,9 @@ async fn vehicles_and_dealers_are_readable_and_dealer_scoped() {
         200,
         "own dealer's vehicle"
     );
+    let (s, seeded) = hub.get("/api/v1/dealers/D0001", IT_D0001).await;
+    assert_eq!(s, 200, "the local profile seeds the demo dealers: {seeded}");
+    assert_eq!(seeded["city"], "广州");
     let (s, d) = hub.get("/api/v1/dealers/D0002", ADMIN).await;
     assert_eq!(s, 200);
     assert_eq!(d["dealer_name"], "深圳店");

@@ -275,6 +275,24 @@ async fn leads_results_and_campaign_results_reach_the_crm() {
     hub.settle(20).await;
     let (_, l) = hub.get(&format!("/api/v1/leads/{lead_id}"), ADMIN).await;
     assert_eq!(l["status"], "test_drive", "{l}");
+    // Replaying the lead re-applies it without resetting what happened since.
+    let (s, _) = hub
+        .post(
+            &format!(
+                "/api/v1/messages/{}/replay",
+                lead["message_id"].as_str().unwrap()
+            ),
+            ADMIN,
+            None,
+        )
+        .await;
+    assert_eq!(s, 202);
+    hub.settle(20).await;
+    let (_, l) = hub.get(&format!("/api/v1/leads/{lead_id}"), ADMIN).await;
+    assert_eq!(
+        l["status"], "test_drive",
+        "replay must not reset the status: {l}"
+    );
 
     // A result for a lead that does not exist is rejected by the CRM with the reason.
     let mut unknown = sample("rest/lead-result.request.json");

@@ -71,7 +71,11 @@ async fn accept(store: &Store, recs: Vec<PreparedRecord>) -> Vec<RecordVerdict> 
 async fn claim(store: &Store, limit: i64, lease_ms: i64) -> Vec<journal::Claimed> {
     let d = store.dialect();
     store
-        .write(move |c| Box::pin(journal::claim(c, d, limit, lease_ms)))
+        .write(move |c| {
+            Box::pin(
+                async move { journal::claim(c, d, limit, lease_ms, &journal::Targets::All).await },
+            )
+        })
         .await
         .expect("claim")
 }

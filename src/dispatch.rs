@@ -17,7 +17,7 @@ use crate::pipeline::Pipeline;
 use crate::settings::DispatchSettings;
 use crate::status::EndpointStates;
 use crate::store::journal::{self, AttemptRecord, Claimed, Targets};
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{BoxFuture, Store, StoreError, now_ms};
 use crate::telemetry::metrics_names as m;
 
 pub struct Dispatcher {
@@ -262,79 +262,88 @@ impl Dispatcher {
 
     /// Applies a batch of CRM-store deliveries in one write transaction. If the batch fails as a
     /// whole (a store error), each delivery is tried again on its own, so one bad record cannot
-    /// hold the others back.
-    async fn apply_crm_batch(&self, batch: Vec<Claimed>) {
-        let started_at = now_ms();
-        let t0 = Instant::now();
-        let pipeline = self.pipeline.clone();
-        let crm = self.crm.clone();
-        let items = batch.clone();
-        let res = self
-            .store
-            .write(move |conn| {
-                Box::pin(async move {
-                    let mut done = Vec::with_capacity(items.len());
-                    for c in items {
-                        let approval = crm.get(&c.target).copied().unwrap_or(true);
-                        let a = match crm::apply(conn, &c, approval).await {
-                            Ok(applied) => {
-                                for ev in &applied.events {
-                                    journal::insert_prepared(
-                                        conn,
-                                        &pipeline.prepare_event(
+    /// hold the others back; a single delivery that fails so is recorded as a retry.
+    fn apply_crm_batch(&self, batch: Vec<Claimed>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let started_at = now_ms();
+            let t0 = Instant::now();
+            let pipeline = self.pipeline.clone();
+            let crm = self.crm.clone();
+            let items = batch.clone();
+            let res = self
+                .store
+                .write(move |conn| {
+                    Box::pin(async move {
+                        let approval = move |target: &str| crm.get(target).copied().unwrap_or(true);
+                        let results = crm::apply_batch(conn, &items, &approval).await?;
+                        let elapsed = t0.elapsed().as_millis() as i64;
+                        let mut done = Vec::with_capacity(items.len());
+                        for (c, result) in items.into_iter().zip(results) {
+                            let mut a = match result {
+                                Ok(applied) => {
+                                    for ev in &applied.events {
+                                        let rec = pipeline.prepare_event(
                                             c.message_id,
                                             c.correlation_id.clone(),
                                             &c.target,
                                             ev,
-                                        ),
-                                    )
-                                    .await?;
+                                        );
+                                        journal::insert_prepared(conn, &rec).await?;
+                                    }
+                                    let mut a = plan(
+                                        &c,
+                                        &Outcome::Delivered { remote_ref: None },
+                                        started_at,
+                                        0,
+                                    );
+                                    a.reason = Some(applied.summary);
+                                    a
                                 }
-                                let mut a = plan(
-                                    &c,
-                                    &Outcome::Delivered { remote_ref: None },
-                                    started_at,
-                                    0,
-                                );
-                                a.reason = Some(applied.summary);
-                                a
-                            }
-                            Err(CrmFailure::Reject(r)) => {
-                                plan(&c, &Outcome::reject(r), started_at, 0)
-                            }
-                            Err(CrmFailure::Retry(r)) => {
-                                plan(&c, &Outcome::retry(r), started_at, 0)
-                            }
-                            Err(CrmFailure::Store(e)) => return Err(e),
-                        };
-                        done.push((c, a));
-                    }
-                    let elapsed = t0.elapsed().as_millis() as i64;
-                    for (_, a) in &mut done {
-                        a.duration_ms = elapsed;
-                    }
-                    journal::complete_many(conn, &done).await?;
-                    Ok(done
-                        .into_iter()
-                        .map(|(c, a)| (c, a.status))
-                        .collect::<Vec<_>>())
+                                Err(CrmFailure::Reject(r)) => {
+                                    plan(&c, &Outcome::reject(r), started_at, 0)
+                                }
+                                Err(CrmFailure::Retry(r)) => {
+                                    plan(&c, &Outcome::retry(r), started_at, 0)
+                                }
+                                Err(CrmFailure::Store(e)) => return Err(e),
+                            };
+                            a.duration_ms = elapsed;
+                            done.push((c, a));
+                        }
+                        journal::complete_many(conn, &done).await?;
+                        Ok(done
+                            .into_iter()
+                            .map(|(c, a)| (c, a.status))
+                            .collect::<Vec<_>>())
+                    })
                 })
-            })
-            .await;
-        match res {
-            Ok(list) => {
-                for (c, status) in &list {
-                    self.count(c, status);
+                .await;
+            match res {
+                Ok(list) => {
+                    for (c, status) in &list {
+                        self.count(c, status);
+                    }
+                    self.wake.notify_one();
                 }
-                self.wake.notify_one();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, deliveries = batch.len(), "CRM batch failed; applying its deliveries one by one.");
-                for c in batch {
-                    self.attempt(c).await;
+                Err(e) if batch.len() > 1 => {
+                    tracing::warn!(error = %e, deliveries = batch.len(), "CRM batch failed; applying its deliveries one by one.");
+                    for c in batch {
+                        self.apply_crm_batch(vec![c]).await;
+                    }
+                }
+                Err(e) => {
+                    // The CRM write rolled back as a whole; record the failed attempt on its own.
+                    let outcome = Outcome::Retry {
+                        reason: format!("CRM store write failed: {e}"),
+                        after: None,
+                        cause_chain: vec![e.to_string()],
+                    };
+                    for c in batch {
+                        self.record(&c, &outcome, started_at, t0).await;
+                    }
                 }
             }
-        }
+        })
     }
 
     /// Attempts everything due now, sequentially, until nothing is due (tests and `replay`).
@@ -364,19 +373,8 @@ impl Dispatcher {
     pub async fn attempt(&self, c: Claimed) {
         let started_at = now_ms();
         let t0 = Instant::now();
-        if let Some(&approval) = self.crm.get(&c.target) {
-            match self.apply_crm(c.clone(), approval, started_at, t0).await {
-                Ok(outcome) => self.count(&c, outcome),
-                Err(e) => {
-                    // The CRM write rolled back as a whole; record the failed attempt on its own.
-                    let outcome = Outcome::Retry {
-                        reason: format!("CRM store write failed: {e}"),
-                        after: None,
-                        cause_chain: vec![e.to_string()],
-                    };
-                    self.record(&c, &outcome, started_at, t0).await;
-                }
-            }
+        if self.crm.contains_key(&c.target) {
+            self.apply_crm_batch(vec![c]).await;
             return;
         }
         let outcome = match self.outbounds.get(&c.target) {
@@ -460,61 +458,5 @@ impl Dispatcher {
             // Lane successors may now be due.
             self.wake.notify_one();
         }
-    }
-
-    /// Applies a delivery to the CRM store and records its status in one transaction.
-    async fn apply_crm(
-        &self,
-        c: Claimed,
-        approval: bool,
-        started_at: i64,
-        t0: Instant,
-    ) -> Result<&'static str, StoreError> {
-        let pipeline = self.pipeline.clone();
-        let wake = self.wake.clone();
-        let status = self
-            .store
-            .write(move |conn| {
-                Box::pin(async move {
-                    let outcome = match crm::apply(conn, &c, approval).await {
-                        Ok(applied) => {
-                            for ev in &applied.events {
-                                journal::insert_prepared(
-                                    conn,
-                                    &pipeline.prepare_event(
-                                        c.message_id,
-                                        c.correlation_id.clone(),
-                                        &c.target,
-                                        ev,
-                                    ),
-                                )
-                                .await?;
-                            }
-                            Ok(applied.summary)
-                        }
-                        Err(CrmFailure::Reject(r)) => Err(Outcome::reject(r)),
-                        Err(CrmFailure::Retry(r)) => Err(Outcome::retry(r)),
-                        Err(CrmFailure::Store(e)) => return Err(e),
-                    };
-                    let mut a = match &outcome {
-                        Ok(_) => plan(&c, &Outcome::Delivered { remote_ref: None }, started_at, 0),
-                        Err(o) => plan(&c, o, started_at, 0),
-                    };
-                    if let Ok(summary) = outcome {
-                        a.reason = Some(summary);
-                    }
-                    a.duration_ms = t0.elapsed().as_millis() as i64;
-                    if !journal::complete(conn, &c, &a).await? {
-                        return Err(StoreError::Conflict(format!(
-                            "lease on delivery {} lost",
-                            c.id
-                        )));
-                    }
-                    Ok(a.status)
-                })
-            })
-            .await?;
-        wake.notify_one();
-        Ok(status)
     }
 }

@@ -4,13 +4,16 @@
 //! record is applied exactly once together with its delivery status.
 
 pub mod reads;
+pub mod unit;
+
+use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
+pub use self::unit::Unit;
 use crate::store::journal::{Claimed, parse_uuid};
-use crate::store::rows::insert_rows;
 use crate::store::{StoreError, now_ms};
 
 /// Customer fields whose change from a DMS needs headquarters' approval.
@@ -86,7 +89,7 @@ pub struct Columns {
     pub on_create: Vec<(&'static str, Value)>,
 }
 
-fn text(v: &Value) -> Option<String> {
+pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
@@ -94,9 +97,7 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
-/// Inserts or updates `entity/id` with `incoming` fields, writing history for each changed
-/// field. Key fields from a source that needs approval are queued instead of applied. An
-/// update older (by the source's `updated_at`) than what is stored changes nothing.
+/// Upserts one record on its own (a unit of work of one); see [`Unit::upsert`].
 pub async fn upsert(
     conn: &mut AnyConnection,
     entity: &str,
@@ -105,179 +106,10 @@ pub async fn upsert(
     cols: &Columns,
     src: &ChangeSource,
 ) -> Result<Upserted, StoreError> {
-    let now = now_ms();
-    let existing = sqlx::query(
-        "SELECT data, version, src_updated_at FROM crm_records WHERE entity = $1 AND id = $2",
-    )
-    .bind(entity)
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let msg_id = src.message_id.map(|m| m.to_string());
-    let Some(row) = existing else {
-        let mut created = incoming.clone();
-        for (k, v) in &cols.on_create {
-            created.entry(k.to_string()).or_insert_with(|| v.clone());
-        }
-        let incoming = &created;
-        sqlx::query(
-            "INSERT INTO crm_records (entity, id, data, version, dealer_code, mobile, id_no, ref, source_system, \
-             src_updated_at, created_at, updated_at) VALUES ($1,$2,$3,1,$4,$5,$6,$7,$8,$9,$10,$10)",
-        )
-        .bind(entity)
-        .bind(id)
-        .bind(Value::Object(incoming.clone()).to_string())
-        .bind(cols.dealer_code.as_deref())
-        .bind(cols.mobile.as_deref())
-        .bind(cols.id_no.as_deref())
-        .bind(cols.reference.as_deref())
-        .bind(src.system.as_str())
-        .bind(cols.src_updated_at)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-        let rows: Vec<HistoryRow> = incoming
-            .iter()
-            .map(|(f, v)| (f.clone(), None, text(v)))
-            .collect();
-        history(conn, entity, id, rows, src, msg_id.as_deref(), now).await?;
-        return Ok(Upserted {
-            created: true,
-            version: 1,
-            changed: incoming.keys().cloned().collect(),
-            data: incoming.clone(),
-            ..Default::default()
-        });
-    };
-    let data: String = row.try_get(0)?;
-    let version: i64 = row.try_get(1)?;
-    let stored_at: Option<i64> = row.try_get(2)?;
-    let mut current: Map<String, Value> = serde_json::from_str(&data).unwrap_or_default();
-    if let (Some(stored), Some(new)) = (stored_at, cols.src_updated_at)
-        && new < stored
-    {
-        return Ok(Upserted {
-            stale: true,
-            version,
-            data: current,
-            ..Default::default()
-        });
-    }
-    let mut out = Upserted {
-        version,
-        ..Default::default()
-    };
-    let mut changes: Vec<HistoryRow> = Vec::new();
-    for (field, value) in incoming {
-        let old = current.get(field);
-        if old == Some(value) {
-            continue;
-        }
-        if src.needs_approval && entity == "customer" && KEY_FIELDS.contains(&field.as_str()) {
-            let pending = sqlx::query(
-                "SELECT COUNT(*) FROM approvals WHERE customer_id = $1 AND field = $2 AND new_value = $3 AND status = 'pending'",
-            )
-            .bind(id)
-            .bind(field.as_str())
-            .bind(text(value))
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get::<i64, _>(0)?;
-            if pending == 0 {
-                sqlx::query(
-                    "INSERT INTO approvals (customer_id, dealer_code, field, old_value, new_value, source_system, \
-                     message_id, status, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,'pending',$8)",
-                )
-                .bind(id)
-                .bind(cols.dealer_code.as_deref().or_else(|| current.get("dealer_code").and_then(Value::as_str)))
-                .bind(field.as_str())
-                .bind(old.and_then(text))
-                .bind(text(value))
-                .bind(src.system.as_str())
-                .bind(msg_id.as_deref())
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-            }
-            out.held.push(field.clone());
-            continue;
-        }
-        changes.push((field.clone(), old.and_then(text), text(value)));
-        current.insert(field.clone(), value.clone());
-        out.changed.push(field.clone());
-    }
-    if !out.changed.is_empty() {
-        history(conn, entity, id, changes, src, msg_id.as_deref(), now).await?;
-        out.version = version + 1;
-        sqlx::query(
-            "UPDATE crm_records SET data = $1, version = $2, dealer_code = COALESCE($3, dealer_code), \
-             mobile = $4, id_no = $5, ref = COALESCE($6, ref), source_system = $7, \
-             src_updated_at = COALESCE($8, src_updated_at), updated_at = $9 WHERE entity = $10 AND id = $11",
-        )
-        .bind(Value::Object(current.clone()).to_string())
-        .bind(out.version)
-        .bind(cols.dealer_code.as_deref())
-        .bind(current.get("mobile").and_then(Value::as_str).map(str::to_string).or(cols.mobile.clone()))
-        .bind(current.get("id_no").and_then(Value::as_str).map(str::to_string).or(cols.id_no.clone()))
-        .bind(cols.reference.as_deref())
-        .bind(src.system.as_str())
-        .bind(cols.src_updated_at)
-        .bind(now)
-        .bind(entity)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    }
-    out.data = current;
-    Ok(out)
-}
-
-/// One changed field: name, old value, new value.
-type HistoryRow = (String, Option<String>, Option<String>);
-
-/// Writes the change history of one record in one statement.
-async fn history(
-    conn: &mut AnyConnection,
-    entity: &str,
-    id: &str,
-    changes: Vec<HistoryRow>,
-    src: &ChangeSource,
-    message_id: Option<&str>,
-    now: i64,
-) -> Result<(), StoreError> {
-    let rows = changes
-        .into_iter()
-        .map(|(field, old, new)| {
-            vec![
-                entity.into(),
-                id.into(),
-                field.into(),
-                old.into(),
-                new.into(),
-                src.system.as_str().into(),
-                message_id.into(),
-                now.into(),
-            ]
-        })
-        .collect();
-    insert_rows(
-        conn,
-        "change_history",
-        &[
-            "entity",
-            "entity_id",
-            "field",
-            "old_value",
-            "new_value",
-            "source_system",
-            "message_id",
-            "changed_at",
-        ],
-        rows,
-        "",
-    )
-    .await?;
-    Ok(())
+    let mut unit = Unit::default();
+    let up = unit.upsert(conn, entity, id, incoming, cols, src).await?;
+    unit.flush(conn).await?;
+    Ok(up)
 }
 
 /// The customer change event routes send to the serving dealer's DMS (INTERFACES §3 `customer`).
@@ -308,38 +140,17 @@ pub fn customer_event(id: &str, up: &Upserted, src: &ChangeSource) -> ChangeEven
     }
 }
 
-async fn find_customer(
-    conn: &mut AnyConnection,
-    mobile: Option<&str>,
-    id_no: Option<&str>,
-) -> Result<Option<String>, StoreError> {
-    for (col, v) in [("mobile", mobile), ("id_no", id_no)] {
-        if let Some(v) = v {
-            let sql = format!(
-                "SELECT id FROM crm_records WHERE entity = 'customer' AND {col} = $1 ORDER BY created_at LIMIT 1"
-            );
-            if let Some(r) = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(v)
-                .fetch_optional(&mut *conn)
-                .await?
-            {
-                return Ok(Some(r.try_get(0)?));
-            }
-        }
-    }
-    Ok(None)
-}
-
 fn str_field(m: &Map<String, Value>, k: &str) -> Option<String> {
     m.get(k).and_then(Value::as_str).map(str::to_string)
 }
 
-/// Applies one delivery to the CRM store. `key_field_approval` is the endpoint's setting.
-pub async fn apply(
-    conn: &mut AnyConnection,
-    d: &Claimed,
-    key_field_approval: bool,
-) -> Result<Applied, CrmFailure> {
+/// A delivery parsed for the CRM store.
+struct Parsed {
+    record_type: String,
+    rec: Map<String, Value>,
+}
+
+fn parse(d: &Claimed) -> Result<Parsed, CrmFailure> {
     let headers: Value = serde_json::from_str(&d.headers).unwrap_or(Value::Null);
     let record_type = headers
         .get("record_type")
@@ -348,17 +159,132 @@ pub async fn apply(
         .to_string();
     let body: Value = serde_json::from_slice(&d.body)
         .map_err(|e| CrmFailure::Reject(format!("body is not JSON: {e}")))?;
-    let Value::Object(mut rec) = body else {
+    let Value::Object(rec) = body else {
         return Err(CrmFailure::Reject("body is not a JSON object".into()));
     };
-    let msg = sqlx::query("SELECT entity_id, partner FROM messages WHERE id = $1")
-        .bind(d.message_id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-    let (entity_id, partner): (Option<String>, Option<String>) = match msg {
-        Some(r) => (r.try_get(0)?, r.try_get(1)?),
-        None => (None, None),
-    };
+    Ok(Parsed { record_type, rec })
+}
+
+/// Applies a batch of deliveries to the CRM store in the caller's transaction: everything the
+/// batch needs is read in a few bulk queries, changes accumulate in a [`Unit`], and are written
+/// in a few multi-row statements. Per delivery: `Ok(Applied)`, or a `Reject`/`Retry` failure;
+/// a store error fails the whole batch (the caller then applies its deliveries one by one).
+/// `key_field_approval` gives the setting of each delivery's target endpoint.
+pub async fn apply_batch(
+    conn: &mut AnyConnection,
+    batch: &[Claimed],
+    key_field_approval: &(dyn Fn(&str) -> bool + Send + Sync),
+) -> Result<Vec<Result<Applied, CrmFailure>>, StoreError> {
+    let parsed: Vec<Result<Parsed, CrmFailure>> = batch.iter().map(parse).collect();
+    let messages = message_facts(conn, batch).await?;
+    let mut unit = Unit::default();
+    let mut keys = Vec::new();
+    let (mut mobiles, mut id_nos) = (Vec::new(), Vec::new());
+    for (d, p) in batch.iter().zip(&parsed) {
+        let Ok(p) = p else { continue };
+        let id = messages
+            .get(&d.message_id)
+            .and_then(|m| m.0.clone())
+            .unwrap_or_default();
+        let entity = entity_of(&p.record_type);
+        keys.push((entity.to_string(), id));
+        match p.record_type.as_str() {
+            "dms_customer" | "customer" => {
+                mobiles.extend(str_field(&p.rec, "mobile"));
+                id_nos.extend(str_field(&p.rec, "id_no"));
+            }
+            "lead" => mobiles.extend(
+                p.rec
+                    .get("customer")
+                    .and_then(Value::as_object)
+                    .and_then(|c| str_field(c, "mobile")),
+            ),
+            "lead_result" => keys.push((
+                "lead".into(),
+                str_field(&p.rec, "lead_id").unwrap_or_default(),
+            )),
+            "campaign_result" => mobiles.extend(str_field(&p.rec, "customer_mobile")),
+            _ => {}
+        }
+    }
+    unit.prefetch(conn, &keys).await?;
+    unit.prefetch_customers(conn, &mobiles, &id_nos).await?;
+    let mut out = Vec::with_capacity(batch.len());
+    for (d, p) in batch.iter().zip(parsed) {
+        let result = match p {
+            Ok(p) => {
+                let (entity_id, partner) =
+                    messages.get(&d.message_id).cloned().unwrap_or((None, None));
+                match apply_one(
+                    conn,
+                    &mut unit,
+                    d,
+                    p,
+                    entity_id,
+                    partner,
+                    key_field_approval(&d.target),
+                )
+                .await
+                {
+                    Err(CrmFailure::Store(e)) => return Err(e),
+                    other => other,
+                }
+            }
+            Err(e) => Err(e),
+        };
+        out.push(result);
+    }
+    unit.flush(conn).await?;
+    Ok(out)
+}
+
+/// The CRM entity a record type lands in.
+fn entity_of(record_type: &str) -> &str {
+    match record_type {
+        "dms_customer" => "customer",
+        other => other,
+    }
+}
+
+/// The hub id and partner of each delivery's message, in one query.
+async fn message_facts(
+    conn: &mut AnyConnection,
+    batch: &[Claimed],
+) -> Result<HashMap<Uuid, (Option<String>, Option<String>)>, StoreError> {
+    let mut out = HashMap::new();
+    for chunk in batch.chunks(500) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT id, entity_id, partner FROM messages WHERE id IN ({})",
+            list.join(",")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for d in chunk {
+            q = q.bind(d.message_id.to_string());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            out.insert(
+                parse_uuid(&row.try_get::<String, _>(0)?)?,
+                (row.try_get(1)?, row.try_get(2)?),
+            );
+        }
+    }
+    Ok(out)
+}
+
+async fn apply_one(
+    conn: &mut AnyConnection,
+    unit: &mut Unit,
+    d: &Claimed,
+    p: Parsed,
+    entity_id: Option<String>,
+    partner: Option<String>,
+    key_field_approval: bool,
+) -> Result<Applied, CrmFailure> {
+    let Parsed {
+        record_type,
+        mut rec,
+    } = p;
     let system = partner.unwrap_or_else(|| "hub".into());
     let from_dms = system.starts_with("dms");
     let src = ChangeSource {
@@ -377,7 +303,10 @@ pub async fn apply(
             let id_no = str_field(&rec, "id_no");
             // The id given at accept may have lost a race with another new record for the same
             // person; the existing customer wins so there is never a duplicate.
-            let id = match find_customer(conn, mobile.as_deref(), id_no.as_deref()).await? {
+            let id = match unit
+                .find_customer(conn, mobile.as_deref(), id_no.as_deref())
+                .await?
+            {
                 Some(existing) => existing,
                 None => need_id()?,
             };
@@ -394,21 +323,22 @@ pub async fn apply(
                 src_updated_at,
                 ..Default::default()
             };
-            let up = upsert(conn, "customer", &id, &rec, &cols, &src).await?;
+            let up = unit
+                .upsert(conn, "customer", &id, &rec, &cols, &src)
+                .await?;
             let summary = if up.stale {
                 format!("customer {id}: stale update ignored (a newer version is stored)")
             } else if up.created {
                 format!("customer {id} created")
             } else {
+                let held = if up.held.is_empty() {
+                    String::new()
+                } else {
+                    format!(", held for approval {:?}", up.held)
+                };
                 format!(
-                    "customer {id} v{}: changed {:?}{}",
-                    up.version,
-                    up.changed,
-                    if up.held.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", held for approval {:?}", up.held)
-                    }
+                    "customer {id} v{}: changed {:?}{held}",
+                    up.version, up.changed
                 )
             };
             let events = if up.changed.is_empty() {
@@ -426,7 +356,7 @@ pub async fn apply(
                 .cloned()
                 .unwrap_or_else(|| rec.clone());
             let mobile = str_field(&customer, "mobile");
-            if let Some(cid) = find_customer(conn, mobile.as_deref(), None).await? {
+            if let Some(cid) = unit.find_customer(conn, mobile.as_deref(), None).await? {
                 rec.insert("customer_id".into(), Value::String(cid));
             }
             rec.insert("lead_id".into(), Value::String(id.clone()));
@@ -435,7 +365,7 @@ pub async fn apply(
                 on_create: vec![("status", Value::String("new".into()))],
                 ..Default::default()
             };
-            let up = upsert(conn, "lead", &id, &rec, &cols, &src).await?;
+            let up = unit.upsert(conn, "lead", &id, &rec, &cols, &src).await?;
             Ok(Applied {
                 summary: format!(
                     "lead {id} {}",
@@ -447,18 +377,11 @@ pub async fn apply(
         "lead_result" => {
             let id = need_id()?;
             let lead_id = str_field(&rec, "lead_id").unwrap_or_default();
-            let lead =
-                sqlx::query("SELECT data FROM crm_records WHERE entity = 'lead' AND id = $1")
-                    .bind(lead_id.as_str())
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            let Some(lead) = lead else {
+            let Some(lead) = unit.get(conn, "lead", &lead_id).await?.cloned() else {
                 return Err(CrmFailure::Reject(format!("unknown lead {lead_id}")));
             };
-            let lead_data: Map<String, Value> =
-                serde_json::from_str(&lead.try_get::<String, _>(0)?).unwrap_or_default();
             let result_dealer = str_field(&rec, "dealer_code");
-            if let Some(assigned) = lead_data.get("dealer_code").and_then(Value::as_str)
+            if let Some(assigned) = lead.get("dealer_code").and_then(Value::as_str)
                 && Some(assigned) != result_dealer.as_deref()
             {
                 return Err(CrmFailure::Reject(format!(
@@ -471,13 +394,14 @@ pub async fn apply(
                 reference: Some(lead_id.clone()),
                 ..Default::default()
             };
-            upsert(conn, "lead_result", &id, &rec, &cols, &src).await?;
+            unit.upsert(conn, "lead_result", &id, &rec, &cols, &src)
+                .await?;
             let mut change = Map::new();
             if let Some(s) = rec.get("status") {
                 change.insert("status".into(), s.clone());
             }
-            let lead_cols = Columns::default();
-            upsert(conn, "lead", &lead_id, &change, &lead_cols, &src).await?;
+            unit.upsert(conn, "lead", &lead_id, &change, &Columns::default(), &src)
+                .await?;
             Ok(Applied {
                 summary: format!("result {id} recorded on lead {lead_id}"),
                 events: vec![],
@@ -486,7 +410,7 @@ pub async fn apply(
         "campaign_result" => {
             let id = need_id()?;
             let mobile = str_field(&rec, "customer_mobile");
-            if let Some(cid) = find_customer(conn, mobile.as_deref(), None).await? {
+            if let Some(cid) = unit.find_customer(conn, mobile.as_deref(), None).await? {
                 rec.insert("customer_id".into(), Value::String(cid));
             }
             let cols = Columns {
@@ -495,7 +419,8 @@ pub async fn apply(
                 reference: str_field(&rec, "campaign_code"),
                 ..Default::default()
             };
-            upsert(conn, "campaign_result", &id, &rec, &cols, &src).await?;
+            unit.upsert(conn, "campaign_result", &id, &rec, &cols, &src)
+                .await?;
             Ok(Applied {
                 summary: format!("campaign result {id} recorded"),
                 events: vec![],
@@ -507,7 +432,9 @@ pub async fn apply(
                 dealer_code: str_field(&rec, "dealer_code"),
                 ..Default::default()
             };
-            let up = upsert(conn, &record_type, &id, &rec, &cols, &src).await?;
+            let up = unit
+                .upsert(conn, &record_type, &id, &rec, &cols, &src)
+                .await?;
             Ok(Applied {
                 summary: format!("{record_type} {id} v{}", up.version),
                 events: vec![],

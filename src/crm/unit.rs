@@ -1,0 +1,465 @@
+//! A unit of work over the CRM tables: records are read once (in bulk, before a batch is
+//! applied), changed in memory, and written back in a handful of multi-row statements at
+//! `flush`. A batch of deliveries then costs a constant number of statements instead of several
+//! per record, and a later delivery in the same batch sees what an earlier one did.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Map, Value};
+use sqlx::{AnyConnection, Row};
+
+use super::{ChangeSource, Columns, KEY_FIELDS, Upserted, text};
+use crate::store::rows::{Arg, insert_rows};
+use crate::store::{StoreError, now_ms};
+
+type Key = (String, String);
+
+#[derive(Debug, Clone)]
+struct Rec {
+    data: Map<String, Value>,
+    version: i64,
+    src_updated_at: Option<i64>,
+    dealer_code: Option<String>,
+    mobile: Option<String>,
+    id_no: Option<String>,
+    reference: Option<String>,
+    source_system: Option<String>,
+    /// Not in the table yet: inserted at flush.
+    new: bool,
+    /// In the table and changed: updated at flush.
+    dirty: bool,
+}
+
+/// What the unit knows and what it will write.
+#[derive(Default)]
+pub struct Unit {
+    recs: HashMap<Key, Rec>,
+    /// Keys whose presence or absence is known (absent keys are in here but not in `recs`).
+    known: HashSet<Key>,
+    by_mobile: HashMap<String, String>,
+    mobiles_known: HashSet<String>,
+    by_id_no: HashMap<String, String>,
+    id_nos_known: HashSet<String>,
+    history: Vec<Vec<Arg>>,
+}
+
+const CHUNK: usize = 400;
+
+impl Unit {
+    /// Loads the given records in one query per chunk; keys not found are known to be absent.
+    pub async fn prefetch(
+        &mut self,
+        conn: &mut AnyConnection,
+        keys: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let wanted: Vec<&Key> = keys.iter().filter(|k| !self.known.contains(*k)).collect();
+        for chunk in wanted.chunks(CHUNK) {
+            let cond: Vec<String> = (0..chunk.len())
+                .map(|i| format!("(entity = ${} AND id = ${})", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let sql = format!(
+                "SELECT entity, id, data, version, src_updated_at, dealer_code, mobile, id_no, ref, source_system \
+                 FROM crm_records WHERE {}",
+                cond.join(" OR ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (e, id) in chunk {
+                q = q.bind(e.as_str()).bind(id.as_str());
+            }
+            for row in q.fetch_all(&mut *conn).await? {
+                let key: Key = (row.try_get(0)?, row.try_get(1)?);
+                let data: String = row.try_get(2)?;
+                self.recs.insert(
+                    key,
+                    Rec {
+                        data: serde_json::from_str(&data).unwrap_or_default(),
+                        version: row.try_get(3)?,
+                        src_updated_at: row.try_get(4)?,
+                        dealer_code: row.try_get(5)?,
+                        mobile: row.try_get(6)?,
+                        id_no: row.try_get(7)?,
+                        reference: row.try_get(8)?,
+                        source_system: row.try_get(9)?,
+                        new: false,
+                        dirty: false,
+                    },
+                );
+            }
+            for k in chunk {
+                self.known.insert((*k).clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the customers having any of these mobiles or ID numbers (oldest first wins).
+    pub async fn prefetch_customers(
+        &mut self,
+        conn: &mut AnyConnection,
+        mobiles: &[String],
+        id_nos: &[String],
+    ) -> Result<(), StoreError> {
+        for (col, values) in [("mobile", mobiles), ("id_no", id_nos)] {
+            let known = if col == "mobile" {
+                &self.mobiles_known
+            } else {
+                &self.id_nos_known
+            };
+            let wanted: Vec<&String> = values.iter().filter(|v| !known.contains(*v)).collect();
+            for chunk in wanted.chunks(CHUNK) {
+                let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "SELECT {col}, id FROM crm_records WHERE entity = 'customer' AND {col} IN ({}) ORDER BY created_at DESC",
+                    list.join(",")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for v in chunk {
+                    q = q.bind(v.as_str());
+                }
+                let rows = q.fetch_all(&mut *conn).await?;
+                let (map, known) = if col == "mobile" {
+                    (&mut self.by_mobile, &mut self.mobiles_known)
+                } else {
+                    (&mut self.by_id_no, &mut self.id_nos_known)
+                };
+                // Newest first in the query, so the oldest customer is inserted last and wins.
+                for row in rows {
+                    map.insert(row.try_get(0)?, row.try_get(1)?);
+                }
+                known.extend(chunk.iter().map(|v| (*v).clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The existing customer with this mobile, else with this ID number.
+    pub async fn find_customer(
+        &mut self,
+        conn: &mut AnyConnection,
+        mobile: Option<&str>,
+        id_no: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let mobiles: Vec<String> = mobile.map(str::to_string).into_iter().collect();
+        let id_nos: Vec<String> = id_no.map(str::to_string).into_iter().collect();
+        self.prefetch_customers(conn, &mobiles, &id_nos).await?;
+        Ok(mobile
+            .and_then(|m| self.by_mobile.get(m))
+            .or_else(|| id_no.and_then(|n| self.by_id_no.get(n)))
+            .cloned())
+    }
+
+    /// The current data of a record, loading it if needed.
+    pub async fn get(
+        &mut self,
+        conn: &mut AnyConnection,
+        entity: &str,
+        id: &str,
+    ) -> Result<Option<&Map<String, Value>>, StoreError> {
+        let key = (entity.to_string(), id.to_string());
+        self.prefetch(conn, std::slice::from_ref(&key)).await?;
+        Ok(self.recs.get(&key).map(|r| &r.data))
+    }
+
+    /// Inserts or updates `entity/id` with `incoming` fields, recording history for each changed
+    /// field. Key fields from a source that needs approval are queued instead of applied. An
+    /// update older (by the source's `updated_at`) than what is stored changes nothing.
+    pub async fn upsert(
+        &mut self,
+        conn: &mut AnyConnection,
+        entity: &str,
+        id: &str,
+        incoming: &Map<String, Value>,
+        cols: &Columns,
+        src: &ChangeSource,
+    ) -> Result<Upserted, StoreError> {
+        let key = (entity.to_string(), id.to_string());
+        self.prefetch(conn, std::slice::from_ref(&key)).await?;
+        let now = now_ms();
+        let msg_id = src.message_id.map(|m| m.to_string());
+        let Some(rec) = self.recs.get_mut(&key) else {
+            let mut data = incoming.clone();
+            for (k, v) in &cols.on_create {
+                data.entry(k.to_string()).or_insert_with(|| v.clone());
+            }
+            for (field, value) in &data {
+                self.history.push(history_row(
+                    entity,
+                    id,
+                    field,
+                    None,
+                    text(value),
+                    src,
+                    msg_id.as_deref(),
+                    now,
+                ));
+            }
+            let rec = Rec {
+                mobile: str_of(&data, "mobile").or(cols.mobile.clone()),
+                id_no: str_of(&data, "id_no").or(cols.id_no.clone()),
+                dealer_code: cols.dealer_code.clone(),
+                reference: cols.reference.clone(),
+                source_system: Some(src.system.clone()),
+                src_updated_at: cols.src_updated_at,
+                version: 1,
+                data: data.clone(),
+                new: true,
+                dirty: false,
+            };
+            if entity == "customer" {
+                self.index_customer(id, &rec);
+            }
+            self.recs.insert(key, rec);
+            return Ok(Upserted {
+                created: true,
+                version: 1,
+                changed: data.keys().cloned().collect(),
+                data,
+                ..Default::default()
+            });
+        };
+        if let (Some(stored), Some(new)) = (rec.src_updated_at, cols.src_updated_at)
+            && new < stored
+        {
+            return Ok(Upserted {
+                stale: true,
+                version: rec.version,
+                data: rec.data.clone(),
+                ..Default::default()
+            });
+        }
+        let mut out = Upserted {
+            version: rec.version,
+            ..Default::default()
+        };
+        let mut held = Vec::new();
+        for (field, value) in incoming {
+            let old = rec.data.get(field);
+            if old == Some(value) {
+                continue;
+            }
+            if src.needs_approval && entity == "customer" && KEY_FIELDS.contains(&field.as_str()) {
+                held.push((field.clone(), old.and_then(text), text(value)));
+                continue;
+            }
+            self.history.push(history_row(
+                entity,
+                id,
+                field,
+                old.and_then(text),
+                text(value),
+                src,
+                msg_id.as_deref(),
+                now,
+            ));
+            rec.data.insert(field.clone(), value.clone());
+            out.changed.push(field.clone());
+        }
+        if !out.changed.is_empty() {
+            rec.version += 1;
+            out.version = rec.version;
+            rec.mobile = str_of(&rec.data, "mobile").or(rec.mobile.take());
+            rec.id_no = str_of(&rec.data, "id_no").or(rec.id_no.take());
+            if cols.dealer_code.is_some() {
+                rec.dealer_code = cols.dealer_code.clone();
+            }
+            if cols.reference.is_some() {
+                rec.reference = cols.reference.clone();
+            }
+            if cols.src_updated_at.is_some() {
+                rec.src_updated_at = cols.src_updated_at;
+            }
+            rec.source_system = Some(src.system.clone());
+            rec.dirty |= !rec.new;
+        }
+        out.data = rec.data.clone();
+        let dealer = cols
+            .dealer_code
+            .clone()
+            .or_else(|| str_of(&rec.data, "dealer_code"));
+        if entity == "customer" {
+            let snapshot = rec.clone();
+            self.index_customer(id, &snapshot);
+        }
+        for (field, old, new) in held {
+            queue_approval(
+                conn,
+                id,
+                dealer.as_deref(),
+                &field,
+                old,
+                new,
+                src,
+                msg_id.as_deref(),
+                now,
+            )
+            .await?;
+            out.held.push(field);
+        }
+        Ok(out)
+    }
+
+    fn index_customer(&mut self, id: &str, rec: &Rec) {
+        if let Some(m) = &rec.mobile {
+            self.by_mobile
+                .entry(m.clone())
+                .or_insert_with(|| id.to_string());
+            self.mobiles_known.insert(m.clone());
+        }
+        if let Some(n) = &rec.id_no {
+            self.by_id_no
+                .entry(n.clone())
+                .or_insert_with(|| id.to_string());
+            self.id_nos_known.insert(n.clone());
+        }
+    }
+
+    /// Writes everything: new records in one INSERT, changed ones one UPDATE each, all history
+    /// in one INSERT.
+    pub async fn flush(self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut inserts = Vec::new();
+        for ((entity, id), r) in self.recs {
+            if r.new {
+                inserts.push(vec![
+                    entity.into(),
+                    id.into(),
+                    Value::Object(r.data).to_string().into(),
+                    r.version.into(),
+                    r.dealer_code.into(),
+                    r.mobile.into(),
+                    r.id_no.into(),
+                    r.reference.into(),
+                    r.source_system.into(),
+                    r.src_updated_at.into(),
+                    now.into(),
+                    now.into(),
+                ]);
+            } else if r.dirty {
+                sqlx::query(
+                    "UPDATE crm_records SET data = $1, version = $2, dealer_code = $3, mobile = $4, id_no = $5, \
+                     ref = $6, source_system = $7, src_updated_at = $8, updated_at = $9 WHERE entity = $10 AND id = $11",
+                )
+                .bind(Value::Object(r.data).to_string())
+                .bind(r.version)
+                .bind(r.dealer_code)
+                .bind(r.mobile)
+                .bind(r.id_no)
+                .bind(r.reference)
+                .bind(r.source_system)
+                .bind(r.src_updated_at)
+                .bind(now)
+                .bind(entity)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+        insert_rows(
+            conn,
+            "crm_records",
+            &[
+                "entity",
+                "id",
+                "data",
+                "version",
+                "dealer_code",
+                "mobile",
+                "id_no",
+                "ref",
+                "source_system",
+                "src_updated_at",
+                "created_at",
+                "updated_at",
+            ],
+            inserts,
+            "",
+        )
+        .await?;
+        insert_rows(
+            conn,
+            "change_history",
+            &[
+                "entity",
+                "entity_id",
+                "field",
+                "old_value",
+                "new_value",
+                "source_system",
+                "message_id",
+                "changed_at",
+            ],
+            self.history,
+            "",
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn str_of(m: &Map<String, Value>, k: &str) -> Option<String> {
+    m.get(k).and_then(Value::as_str).map(str::to_string)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn history_row(
+    entity: &str,
+    id: &str,
+    field: &str,
+    old: Option<String>,
+    new: Option<String>,
+    src: &ChangeSource,
+    message_id: Option<&str>,
+    now: i64,
+) -> Vec<Arg> {
+    vec![
+        entity.into(),
+        id.into(),
+        field.into(),
+        old.into(),
+        new.into(),
+        src.system.as_str().into(),
+        message_id.into(),
+        now.into(),
+    ]
+}
+
+/// Queues a key-field change for headquarters, once per (customer, field, new value).
+#[allow(clippy::too_many_arguments)]
+async fn queue_approval(
+    conn: &mut AnyConnection,
+    customer_id: &str,
+    dealer: Option<&str>,
+    field: &str,
+    old: Option<String>,
+    new: Option<String>,
+    src: &ChangeSource,
+    message_id: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let pending = sqlx::query(
+        "SELECT COUNT(*) FROM approvals WHERE customer_id = $1 AND field = $2 AND new_value = $3 AND status = 'pending'",
+    )
+    .bind(customer_id)
+    .bind(field)
+    .bind(new.as_deref())
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get::<i64, _>(0)?;
+    if pending == 0 {
+        sqlx::query(
+            "INSERT INTO approvals (customer_id, dealer_code, field, old_value, new_value, source_system, \
+             message_id, status, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,'pending',$8)",
+        )
+        .bind(customer_id)
+        .bind(dealer)
+        .bind(field)
+        .bind(old)
+        .bind(new)
+        .bind(src.system.as_str())
+        .bind(message_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}

@@ -32,6 +32,7 @@ pub struct Application {
     store: Store,
     pipeline: Arc<Pipeline>,
     purge: PurgeJob,
+    dispatch_enabled: bool,
 }
 
 /// Drops raw payloads of finished messages after the retention period, on a cron schedule.
@@ -128,6 +129,7 @@ pub struct Assembled {
     pub store: Store,
     pub pipeline: Arc<Pipeline>,
     pub purge: PurgeJob,
+    pub dispatch_enabled: bool,
 }
 
 impl Application {
@@ -144,6 +146,7 @@ impl Application {
             store: a.store,
             pipeline: a.pipeline,
             purge: a.purge,
+            dispatch_enabled: a.dispatch_enabled,
         })
     }
 
@@ -269,6 +272,7 @@ impl Application {
             store,
             pipeline,
             purge,
+            dispatch_enabled: settings.dispatch.enabled,
         })
     }
 
@@ -297,7 +301,12 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let dispatcher = tokio::spawn(self.dispatcher.clone().run(stop_rx.clone()));
+        let dispatcher = if self.dispatch_enabled {
+            tokio::spawn(self.dispatcher.clone().run(stop_rx.clone()))
+        } else {
+            tracing::warn!("Dispatching is disabled (dispatch.enabled = false): messages are journaled but not delivered.");
+            tokio::spawn(async {})
+        };
         tokio::spawn(self.purge.run(stop_rx.clone()));
         tokio::spawn(
             self.dispatcher

@@ -329,6 +329,10 @@ impl fmt::Debug for StoreSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatchSettings {
+    /// Whether this instance delivers at all. `false` makes an ingest-only instance (or pauses
+    /// deliveries for a maintenance window): messages are still journaled and wait durably.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
     /// Deliveries in flight at once (each is one outbound attempt).
     #[serde(default = "default_workers")]
     pub workers: usize,
@@ -341,6 +345,10 @@ pub struct DispatchSettings {
     /// Milliseconds to wait before polling again when nothing was due.
     #[serde(default = "default_idle_poll_ms")]
     pub idle_poll_ms: u64,
+}
+
+fn default_enabled() -> bool {
+    true
 }
 
 fn default_workers() -> usize {
@@ -362,6 +370,7 @@ fn default_idle_poll_ms() -> u64 {
 impl Default for DispatchSettings {
     fn default() -> DispatchSettings {
         DispatchSettings {
+            enabled: default_enabled(),
             workers: default_workers(),
             claim_batch: default_claim_batch(),
             lease_secs: default_lease_secs(),

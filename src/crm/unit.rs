@@ -14,6 +14,9 @@ use crate::store::{StoreError, now_ms};
 
 type Key = (String, String);
 
+/// The `field` of the history row that records a record's creation (its `new` is the record).
+pub const CREATED: &str = "(created)";
+
 #[derive(Debug, Clone)]
 struct Rec {
     data: Map<String, Value>,
@@ -181,18 +184,18 @@ impl Unit {
             for (k, v) in &cols.on_create {
                 data.entry(k.to_string()).or_insert_with(|| v.clone());
             }
-            for (field, value) in &data {
-                self.history.push(history_row(
-                    entity,
-                    id,
-                    field,
-                    None,
-                    text(value),
-                    src,
-                    msg_id.as_deref(),
-                    now,
-                ));
-            }
+            // A creation is one history row holding the whole record: the same facts as a row per
+            // field, at a fraction of the writes (history is the CRM's hottest table).
+            self.history.push(history_row(
+                entity,
+                id,
+                CREATED,
+                None,
+                Some(Value::Object(data.clone()).to_string()),
+                src,
+                msg_id.as_deref(),
+                now,
+            ));
             let rec = Rec {
                 mobile: str_of(&data, "mobile").or(cols.mobile.clone()),
                 id_no: str_of(&data, "id_no").or(cols.id_no.clone()),

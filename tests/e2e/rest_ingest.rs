@@ -76,16 +76,12 @@ async fn ingest_samples(backend: Backend) {
     let (_, h) = hub
         .get(&format!("/api/v1/customers/{customer_id}/history"), ADMIN)
         .await;
-    let mobile_changes = h["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["field"] == "mobile")
-        .count();
-    assert_eq!(
-        mobile_changes, 1,
-        "the duplicate must not write history again: {h}"
-    );
+    let entries = h["history"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "one creation entry, and the duplicate wrote nothing: {h}");
+    assert_eq!(entries[0]["field"], "(created)");
+    let created: Value = serde_json::from_str(entries[0]["new"].as_str().unwrap()).unwrap();
+    assert_eq!(created["mobile"], "13912345678", "{created}");
+    assert_eq!(entries[0]["source_system"], "dms:D0001");
     hub.stop().await;
 }
 

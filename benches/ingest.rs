@@ -97,9 +97,18 @@ struct Hub {
 
 async fn start_hub(root: &std::path::Path, dispatch: bool) -> Hub {
     let env = vec![
-        ("SYNCHUB__STORE__URL".to_string(), format!("sqlite://{}/data/hub.db", root.display())),
-        ("SYNCHUB__HTTP__LISTEN".to_string(), "127.0.0.1:0".to_string()),
-        ("SYNCHUB__DISPATCH__ENABLED".to_string(), dispatch.to_string()),
+        (
+            "SYNCHUB__STORE__URL".to_string(),
+            format!("sqlite://{}/data/hub.db", root.display()),
+        ),
+        (
+            "SYNCHUB__HTTP__LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+        (
+            "SYNCHUB__DISPATCH__ENABLED".to_string(),
+            dispatch.to_string(),
+        ),
     ];
     let settings = Settings::load(&root.join("config"), Profile::Local, &env).expect("settings");
     let app = Application::build(settings).await.expect("app");
@@ -109,7 +118,12 @@ async fn start_hub(root: &std::path::Path, dispatch: bool) -> Hub {
     let server = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
-    Hub { base, store, stop, server }
+    Hub {
+        base,
+        store,
+        stop,
+        server,
+    }
 }
 
 impl Hub {
@@ -119,20 +133,29 @@ impl Hub {
     }
 
     async fn open_deliveries(&self) -> i64 {
-        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM deliveries WHERE status IN ('pending','in_flight')")
-            .fetch_one(self.store.pool())
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending','in_flight')",
+        )
+        .fetch_one(self.store.pool())
+        .await
+        .unwrap()
     }
 }
 
 /// Closed loop: `clients` clients posting batches of 100 leads for `secs`; records/s.
-async fn closed_loop(client: &reqwest::Client, base: &str, seq: &Arc<AtomicUsize>, clients: usize, secs: f64) -> f64 {
+async fn closed_loop(
+    client: &reqwest::Client,
+    base: &str,
+    seq: &Arc<AtomicUsize>,
+    clients: usize,
+    secs: f64,
+) -> f64 {
     let done = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (client, base, seq, done) = (client.clone(), base.to_string(), seq.clone(), done.clone());
+        let (client, base, seq, done) =
+            (client.clone(), base.to_string(), seq.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             while start.elapsed().as_secs_f64() < secs {
                 let n = seq.fetch_add(1, Ordering::Relaxed);
@@ -168,13 +191,22 @@ async fn drain(hub: &Hub) -> f64 {
 async fn main() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let smoke = std::env::args().any(|a| a == "--smoke");
-    let (secs, clients, lat_secs) = if smoke { (2.0, 8, 2.0) } else { (20.0, 32, 15.0) };
-    let dir = tempfile::tempdir_in(std::env::var("SYNCHUB_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let (secs, clients, lat_secs) = if smoke {
+        (2.0, 8, 2.0)
+    } else {
+        (20.0, 32, 15.0)
+    };
+    let dir =
+        tempfile::tempdir_in(std::env::var("SYNCHUB_BENCH_DIR").unwrap_or_else(|_| ".".into()))
+            .unwrap();
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for sub in ["config", "routes", "mappings"] {
         copy_dir(&repo.join(sub), &dir.path().join(sub));
     }
-    let client = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
     let seq = Arc::new(AtomicUsize::new(0));
 
     // 1. Durable ingest alone: the journal commit path (validate, map, route, journal, 202), with
@@ -230,11 +262,20 @@ async fn main() {
     // 5. Baseline on the same disk, measured in the same run.
     let raw = raw_sqlite_rate(dir.path(), if smoke { 1.0 } else { 5.0 }).await;
 
-    println!("synchub ingest benchmark ({})", if smoke { "smoke" } else { "full" });
-    println!("  durable REST ingest ({clients} clients, {BATCH} records/request, 202 after commit): {ingest_rate:.0} records/s");
-    println!("  raw batched SQLite insert (same disk, WAL, synchronous=FULL, 1000 rows/txn):   {raw:.0} rows/s");
+    println!(
+        "synchub ingest benchmark ({})",
+        if smoke { "smoke" } else { "full" }
+    );
+    println!(
+        "  durable REST ingest ({clients} clients, {BATCH} records/request, 202 after commit): {ingest_rate:.0} records/s"
+    );
+    println!(
+        "  raw batched SQLite insert (same disk, WAL, synchronous=FULL, 1000 rows/txn):   {raw:.0} rows/s"
+    );
     println!("  ratio ingest / raw: {:.3}", ingest_rate / raw);
-    println!("  CRM store apply (dispatcher draining {backlog} deliveries): {crm_rate:.0} records/s");
+    println!(
+        "  CRM store apply (dispatcher draining {backlog} deliveries): {crm_rate:.0} records/s"
+    );
     println!(
         "  ingest with the dispatcher running: {mixed_rate:.0} records/s (backlog {mixed_backlog} when the clients stopped)"
     );

@@ -304,7 +304,9 @@ impl Application {
         let dispatcher = if self.dispatch_enabled {
             tokio::spawn(self.dispatcher.clone().run(stop_rx.clone()))
         } else {
-            tracing::warn!("Dispatching is disabled (dispatch.enabled = false): messages are journaled but not delivered.");
+            tracing::warn!(
+                "Dispatching is disabled (dispatch.enabled = false): messages are journaled but not delivered."
+            );
             tokio::spawn(async {})
         };
         tokio::spawn(self.purge.run(stop_rx.clone()));

@@ -460,3 +460,86 @@ impl Dispatcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn claimed(attempts: i64, max_attempts: i64) -> Claimed {
+        Claimed {
+            id: 1,
+            message_id: Uuid::now_v7(),
+            route: "r".into(),
+            target: "t".into(),
+            lane: None,
+            dealer_code: None,
+            attempts,
+            max_attempts,
+            backoff_ms: 1000,
+            max_backoff_ms: 60_000,
+            mapping_version: None,
+            content_type: "json".into(),
+            headers: "{}".into(),
+            body: Vec::new(),
+            correlation_id: None,
+            lease_until: 0,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_a_cap() {
+        for _ in 0..200 {
+            let first = next_delay(1, 1000, 60_000, None);
+            assert!((500..=1000).contains(&first), "{first}");
+            let fourth = next_delay(4, 1000, 60_000, None);
+            assert!((4000..=8000).contains(&fourth), "{fourth}");
+            let late = next_delay(30, 1000, 60_000, None);
+            assert!((30_000..=60_000).contains(&late), "capped: {late}");
+        }
+    }
+
+    #[test]
+    fn retry_after_wins_over_backoff() {
+        assert_eq!(
+            next_delay(1, 1000, 60_000, Some(Duration::from_secs(120))),
+            120_000
+        );
+    }
+
+    #[test]
+    fn outcomes_map_to_delivery_states() {
+        let now = now_ms();
+        let ok = plan(
+            &claimed(1, 5),
+            &Outcome::Delivered {
+                remote_ref: Some("R1".into()),
+            },
+            now,
+            3,
+        );
+        assert_eq!(
+            (ok.status, ok.outcome, ok.remote_ref.as_deref()),
+            ("delivered", "delivered", Some("R1"))
+        );
+        let rej = plan(&claimed(1, 5), &Outcome::reject("bad body"), now, 3);
+        assert_eq!(
+            (rej.status, rej.reason.as_deref()),
+            ("rejected", Some("bad body"))
+        );
+        let retry = plan(&claimed(2, 5), &Outcome::retry("503"), now, 3);
+        assert_eq!(retry.status, "pending");
+        assert!(
+            retry.next_attempt_at >= now + 1000,
+            "second try waits at least one backoff step"
+        );
+        let parked = plan(&claimed(5, 5), &Outcome::retry("503"), now, 3);
+        assert_eq!((parked.status, parked.outcome), ("parked", "parked"));
+        assert!(
+            parked
+                .reason
+                .unwrap()
+                .contains("gave up after 5 attempts: 503")
+        );
+    }
+}

@@ -77,7 +77,11 @@ async fn ingest_samples(backend: Backend) {
         .get(&format!("/api/v1/customers/{customer_id}/history"), ADMIN)
         .await;
     let entries = h["history"].as_array().unwrap();
-    assert_eq!(entries.len(), 1, "one creation entry, and the duplicate wrote nothing: {h}");
+    assert_eq!(
+        entries.len(),
+        1,
+        "one creation entry, and the duplicate wrote nothing: {h}"
+    );
     assert_eq!(entries[0]["field"], "(created)");
     let created: Value = serde_json::from_str(entries[0]["new"].as_str().unwrap()).unwrap();
     assert_eq!(created["mobile"], "13912345678", "{created}");

@@ -246,6 +246,26 @@ impl Dispatcher {
         let _ = workers.acquire_many(self.cfg.workers.max(1) as u32).await;
     }
 
+    /// Runs the delivery's mapping (the pinned version, else the latest) over the validated
+    /// record. A mapping that fails is a permanent rejection naming the mapping: fix it, then
+    /// replay the message.
+    fn map(&self, c: &mut Claimed) -> Result<(), Outcome> {
+        let Some(id) = c.mapping.clone() else {
+            return Ok(());
+        };
+        let input: serde_json::Value = serde_json::from_slice(&c.body)
+            .map_err(|e| Outcome::reject(format!("stored record is not JSON: {e}")))?;
+        let pinned = c.mapping_version.and_then(|v| u32::try_from(v).ok());
+        let (version, out) = self
+            .pipeline
+            .mappings()
+            .apply(&id, pinned, &input)
+            .map_err(|e| Outcome::reject(e.to_string()))?;
+        c.mapping_version = Some(i64::from(version));
+        c.mapped_body = Some(serde_json::to_vec(&out).unwrap_or_default());
+        Ok(())
+    }
+
     async fn claim(
         &self,
         limit: i64,
@@ -269,7 +289,15 @@ impl Dispatcher {
             let t0 = Instant::now();
             let pipeline = self.pipeline.clone();
             let crm = self.crm.clone();
-            let items = batch.clone();
+            // Mapping is CPU work: done here, outside the store's writer.
+            let mut items = Vec::with_capacity(batch.len());
+            let mut unmapped = Vec::new();
+            for mut c in batch.clone() {
+                match self.map(&mut c) {
+                    Ok(()) => items.push(c),
+                    Err(outcome) => unmapped.push((c, outcome)),
+                }
+            }
             let res = self
                 .store
                 .write(move |conn| {
@@ -307,6 +335,11 @@ impl Dispatcher {
                                 }
                                 Err(CrmFailure::Store(e)) => return Err(e),
                             };
+                            a.duration_ms = elapsed;
+                            done.push((c, a));
+                        }
+                        for (c, outcome) in unmapped {
+                            let mut a = plan(&c, &outcome, started_at, 0);
                             a.duration_ms = elapsed;
                             done.push((c, a));
                         }
@@ -377,6 +410,11 @@ impl Dispatcher {
             self.apply_crm_batch(vec![c]).await;
             return;
         }
+        let mut c = c;
+        if let Err(outcome) = self.map(&mut c) {
+            self.record(&c, &outcome, started_at, t0).await;
+            return;
+        }
         let outcome = match self.outbounds.get(&c.target) {
             Some(out) => {
                 let headers: BTreeMap<String, String> =
@@ -398,7 +436,7 @@ impl Dispatcher {
                     correlation_id: c.correlation_id.clone(),
                     headers,
                     content_type: ContentType::parse(&c.content_type),
-                    body: c.body.clone().into(),
+                    body: c.payload().to_vec().into(),
                 };
                 let outcome = out.deliver(&delivery).await;
                 match &outcome {
@@ -482,6 +520,8 @@ mod tests {
             content_type: "json".into(),
             headers: "{}".into(),
             body: Vec::new(),
+            mapping: None,
+            mapped_body: None,
             correlation_id: None,
             lease_until: 0,
         }

@@ -178,18 +178,22 @@ impl Pipeline {
         routed: &mut Routed,
         mapping_override: Option<u32>,
     ) -> Result<(), Vec<FieldError>> {
-        let (version, body) = match &route.mapping {
-            Some(id) => {
-                let v = mapping_override.or(route.mapping_version);
-                let (v, out) = self
-                    .mappings
-                    .apply(id, v, &routed.canonical)
-                    .map_err(|e| vec![FieldError::new("", e.to_string())])?;
-                (Some(v as i64), out)
+        // The mapping runs when the delivery is attempted, not here: the accept path stays lean
+        // (202 as soon as the validated record is durable), a mapping bug never turns valid
+        // partner data away, and a fixed mapping applies to a replay of the kept record.
+        let version = match (&route.mapping, mapping_override.or(route.mapping_version)) {
+            (Some(id), Some(v)) => {
+                if !self.mappings.versions(id).contains(&v) {
+                    return Err(vec![FieldError::new(
+                        "",
+                        format!("mapping {id} has no version {v}"),
+                    )]);
+                }
+                Some(i64::from(v))
             }
-            None => (None, routed.canonical.clone()),
+            _ => None,
         };
-        let body_bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let body_bytes = serde_json::to_vec(&routed.canonical).unwrap_or_default();
         let lane = route.lane(&routed.canonical);
         let dealer = routed
             .canonical

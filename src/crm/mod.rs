@@ -157,7 +157,7 @@ fn parse(d: &Claimed) -> Result<Parsed, CrmFailure> {
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    let body: Value = serde_json::from_slice(&d.body)
+    let body: Value = serde_json::from_slice(d.payload())
         .map_err(|e| CrmFailure::Reject(format!("body is not JSON: {e}")))?;
     let Value::Object(rec) = body else {
         return Err(CrmFailure::Reject("body is not a JSON object".into()));

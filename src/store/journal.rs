@@ -9,7 +9,7 @@ use sqlx::{AnyConnection, Row};
 use synchub_adapter_sdk::{FieldError, RecordVerdict};
 use uuid::Uuid;
 
-use super::rows::{Arg, insert_rows};
+use super::rows::{Arg, insert_rows, update_from_values};
 use super::{Dialect, StoreError, now_ms};
 
 /// The transport unit as journaled.
@@ -561,12 +561,25 @@ pub struct Claimed {
     pub max_attempts: i64,
     pub backoff_ms: i64,
     pub max_backoff_ms: i64,
+    /// The route's mapping, run by the dispatcher at each attempt.
+    pub mapping: Option<String>,
+    /// The pinned mapping version (route or replay), or after mapping the version used.
     pub mapping_version: Option<i64>,
     pub content_type: String,
     pub headers: String,
+    /// The validated record.
     pub body: Vec<u8>,
+    /// What the mapping made of `body` for this attempt (set by the dispatcher); what is sent.
+    pub mapped_body: Option<Vec<u8>>,
     pub correlation_id: Option<String>,
     pub lease_until: i64,
+}
+
+impl Claimed {
+    /// The bytes this attempt sends: the mapped body, or the record itself without a mapping.
+    pub fn payload(&self) -> &[u8] {
+        self.mapped_body.as_deref().unwrap_or(&self.body)
+    }
 }
 
 /// Which targets a claim takes: the dispatcher claims CRM-store deliveries (applied in batches
@@ -621,7 +634,7 @@ pub async fn claim(
            {filter} ORDER BY d.next_attempt_at, d.id LIMIT $3 {lock}) \
          RETURNING id, message_id, route, target, lane, dealer_code, attempts, max_attempts, backoff_ms, \
            max_backoff_ms, mapping_version, content_type, headers, body, \
-           (SELECT correlation_id FROM messages m WHERE m.id = deliveries.message_id)"
+           (SELECT correlation_id FROM messages m WHERE m.id = deliveries.message_id), mapping"
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(lease_until)
@@ -649,6 +662,8 @@ pub async fn claim(
             headers: r.try_get(12)?,
             body: r.try_get(13)?,
             correlation_id: r.try_get(14)?,
+            mapping: r.try_get(15)?,
+            mapped_body: None,
             lease_until,
         });
     }
@@ -743,6 +758,31 @@ pub async fn complete_many(
             }
         }
     }
+    // What the mapping made of each bulk-delivered record, in one statement.
+    let mapped: Vec<Vec<Arg>> = items
+        .iter()
+        .filter(|(c, a)| {
+            a.status == "delivered" && a.remote_ref.is_none() && c.mapped_body.is_some()
+        })
+        .map(|(c, _)| {
+            vec![
+                c.id.into(),
+                Arg::Blob(c.mapped_body.clone().unwrap_or_default()),
+                c.mapping_version.into(),
+            ]
+        })
+        .collect();
+    if !mapped.is_empty() {
+        update_from_values(
+            conn,
+            "deliveries",
+            "mapped_body = v.column2, mapping_version = v.column3",
+            "id",
+            3,
+            mapped,
+        )
+        .await?;
+    }
     let all: Vec<(&Claimed, &AttemptRecord)> = items.iter().map(|(c, a)| (c, a)).collect();
     insert_attempts(conn, &all).await
 }
@@ -755,8 +795,8 @@ async fn complete_status(
 ) -> Result<bool, StoreError> {
     let n = sqlx::query(
         "UPDATE deliveries SET status = $1, next_attempt_at = $2, lease_until = NULL, last_reason = $3, \
-         remote_ref = COALESCE($4, remote_ref), updated_at = $5 \
-         WHERE id = $6 AND status = 'in_flight' AND lease_until = $7",
+         remote_ref = COALESCE($4, remote_ref), updated_at = $5, mapping_version = COALESCE($8, mapping_version), \
+         mapped_body = COALESCE($9, mapped_body) WHERE id = $6 AND status = 'in_flight' AND lease_until = $7",
     )
     .bind(a.status)
     .bind(a.next_attempt_at)
@@ -765,6 +805,8 @@ async fn complete_status(
     .bind(now_ms())
     .bind(c.id)
     .bind(c.lease_until)
+    .bind(c.mapping_version)
+    .bind(c.mapped_body.clone())
     .execute(&mut *conn)
     .await?
     .rows_affected();

@@ -192,7 +192,7 @@ fn body_value(body: &[u8]) -> Value {
 async fn deliveries_of(pool: &AnyPool, message_id: &str) -> Result<Vec<Value>, StoreError> {
     let rows = sqlx::query(
         "SELECT id, route, target, lane, status, attempts, max_attempts, next_attempt_at, mapping, mapping_version, \
-         body, last_reason, remote_ref, created_at, updated_at FROM deliveries WHERE message_id = $1 ORDER BY id",
+         body, last_reason, remote_ref, created_at, updated_at, mapped_body FROM deliveries WHERE message_id = $1 ORDER BY id",
     )
     .bind(message_id)
     .fetch_all(pool)
@@ -222,6 +222,7 @@ async fn deliveries_of(pool: &AnyPool, message_id: &str) -> Result<Vec<Value>, S
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
         let body: Vec<u8> = r.try_get(10)?;
+        let mapped: Option<Vec<u8>> = r.try_get(15)?;
         let status: String = r.try_get(4)?;
         out.push(json!({
             "id": id,
@@ -235,6 +236,7 @@ async fn deliveries_of(pool: &AnyPool, message_id: &str) -> Result<Vec<Value>, S
             "mapping": r.try_get::<Option<String>, _>(8)?,
             "mapping_version": r.try_get::<Option<i64>, _>(9)?,
             "body": body_value(&body),
+            "mapped": mapped.as_deref().map(body_value),
             "last_reason": r.try_get::<Option<String>, _>(11)?,
             "remote_ref": r.try_get::<Option<String>, _>(12)?,
             "created_at": ms_to_rfc3339(r.try_get(13)?),

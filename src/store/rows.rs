@@ -95,13 +95,60 @@ pub fn insert_sql(
     positional: bool,
 ) -> String {
     let mut sql = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
+    sql.push_str(&placeholders(cols.len(), rows, positional));
+    if !suffix.is_empty() {
+        sql.push(' ');
+        sql.push_str(suffix);
+    }
+    sql
+}
+
+/// Updates many rows from one VALUES list: `set` refers to the values as `v.column2`,
+/// `v.column3`, ... and rows are matched on `<table>.<key> = v.column1` (both engines name
+/// VALUES columns `column1..N`).
+pub async fn update_from_values(
+    conn: &mut AnyConnection,
+    table: &str,
+    set: &str,
+    key: &str,
+    ncols: usize,
+    rows: Vec<Vec<Arg>>,
+) -> Result<u64, StoreError> {
+    let per_chunk = (MAX_BINDS / ncols).max(1);
+    let positional = conn.backend_name().eq_ignore_ascii_case("sqlite");
+    let mut affected = 0;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_chunk).collect();
+        let sql = format!(
+            "UPDATE {table} SET {set} FROM (VALUES {}) AS v WHERE {table}.{key} = v.column1",
+            placeholders(ncols, chunk.len(), positional)
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            for arg in row {
+                q = match arg {
+                    Arg::Text(v) => q.bind(v),
+                    Arg::Int(v) => q.bind(v),
+                    Arg::Blob(v) => q.bind(v),
+                };
+            }
+        }
+        affected += q.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(affected)
+}
+
+/// `(?,?),(?,?)` (SQLite) or `($1,$2),($3,$4)` (PostgreSQL).
+fn placeholders(ncols: usize, rows: usize, positional: bool) -> String {
+    let mut sql = String::with_capacity(rows * ncols * 4);
     let mut n = 0;
     for r in 0..rows {
         if r > 0 {
             sql.push(',');
         }
         sql.push('(');
-        for c in 0..cols.len() {
+        for c in 0..ncols {
             if c > 0 {
                 sql.push(',');
             }
@@ -114,10 +161,6 @@ pub fn insert_sql(
             }
         }
         sql.push(')');
-    }
-    if !suffix.is_empty() {
-        sql.push(' ');
-        sql.push_str(suffix);
     }
     sql
 }

@@ -87,6 +87,8 @@ async fn retries_then_delivers(backend: Backend) {
     assert_eq!(outcomes, ["retry", "retry", "delivered"], "{d}");
     assert!(log[1]["reason"].as_str().unwrap().contains("500"), "{d}");
     assert_eq!(d["mapping_version"], 1);
+    assert_eq!(d["mapped"]["entity"], "lead", "what was sent is kept: {d}");
+    assert_eq!(d["attempt_log"][2]["mapping_version"], 1);
     // Retry-After: 1 was honoured over the 20 ms backoff.
     let t0 = chrono::DateTime::parse_from_rfc3339(log[0]["started_at"].as_str().unwrap()).unwrap();
     let t1 = chrono::DateTime::parse_from_rfc3339(log[1]["started_at"].as_str().unwrap()).unwrap();
@@ -96,7 +98,11 @@ async fn retries_then_delivers(backend: Backend) {
     );
     // The partner got the mapped body and the idempotency key.
     let reqs = partner.received_requests().await.unwrap();
-    let last = reqs.last().unwrap();
+    let last = reqs
+        .iter()
+        .rev()
+        .find(|r| r.method.as_str() == "POST")
+        .unwrap();
     let body: Value = serde_json::from_slice(&last.body).unwrap();
     assert_eq!(body["entity"], "lead");
     assert_eq!(body["source_ref"], "WEB-R-1");
@@ -203,11 +209,13 @@ async fn parks_after_max_attempts_and_holds_only_its_lane() {
         partner_delivery(&hub, "WEB-P-2").await["status"],
         "delivered"
     );
+    // Health checks (HEAD) may interleave; the deliveries are the POSTs.
     let order: Vec<String> = partner
         .received_requests()
         .await
         .unwrap()
         .iter()
+        .filter(|r| r.method.as_str() == "POST")
         .map(|r| {
             serde_json::from_slice::<Value>(&r.body).unwrap()["source_ref"]
                 .as_str()
@@ -279,8 +287,102 @@ async fn rejects_permanent_errors_and_replays_through_a_newer_mapping() {
         .unwrap_or_else(|| panic!("no v2 delivery: {detail}"));
     assert_eq!(replayed["status"], "delivered", "{replayed}");
     assert_eq!(
-        replayed["body"]["channel"], "phone",
+        replayed["mapped"]["channel"], "phone",
         "v2 mapping output: {replayed}"
     );
+    assert!(
+        replayed["body"]["channel"].is_null(),
+        "the validated record itself is kept as it was"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_mapping_rejects_the_delivery_not_the_record_and_a_fix_replays_it() {
+    let partner = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&partner)
+        .await;
+    let cfg = TestConfig::shipped();
+    cfg.write(
+        "config/endpoints/partner_out.toml",
+        &format!(
+            "type = \"rest\"\ndirection = \"out\"\nurl = \"{}/leads\"\n",
+            partner.uri()
+        ),
+    );
+    cfg.write(
+        "mappings/lead_to_partner/v1.jq",
+        "# v1: a bug.\nerror(\"no partner code for \" + .source_ref)\n",
+    );
+    cfg.write(
+        "mappings/lead_to_partner/v2.jq",
+        "# v2: the fix.\n{partner_ref: .source_ref}\n",
+    );
+    cfg.write(
+        "routes/leads_to_partner.toml",
+        "from = \"partners_rest_in\"\nrecord_type = \"lead\"\nvalidate = \"lead\"\nmapping = \"lead_to_partner\"\n\
+         mapping_version = 1\nto = [\"partner_out\"]\n",
+    );
+    let hub = TestHub::spawn_with(Backend::Sqlite, cfg, &[]).await;
+    let (s, body) = hub
+        .post_records(
+            "/api/v1/leads",
+            "demo-website",
+            &lead("WEB-M-1", "13700000009"),
+        )
+        .await;
+    assert_eq!(s, 202);
+    assert_eq!(
+        body["accepted"].as_array().unwrap().len(),
+        1,
+        "valid data is accepted: {body}"
+    );
+    hub.settle(30).await;
+    let d = partner_delivery(&hub, "WEB-M-1").await;
+    assert_eq!(d["status"], "rejected", "{d}");
+    assert!(
+        d["last_reason"]
+            .as_str()
+            .unwrap()
+            .contains("no partner code for WEB-M-1"),
+        "{d}"
+    );
+    let posts = |reqs: Vec<wiremock::Request>| {
+        reqs.into_iter()
+            .filter(|r| r.method.as_str() == "POST")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        posts(partner.received_requests().await.unwrap()).is_empty(),
+        "nothing sent"
+    );
+
+    let (_, found) = hub
+        .get("/api/v1/messages?key=WEB-M-1&status=accepted", ADMIN)
+        .await;
+    let id = found["messages"][0]["id"].as_str().unwrap().to_string();
+    let (s, _) = hub
+        .post(
+            &format!("/api/v1/messages/{id}/replay"),
+            ADMIN,
+            Some(json!({"mapping_version": 2})),
+        )
+        .await;
+    assert_eq!(s, 202);
+    let (s, err) = hub
+        .post(
+            &format!("/api/v1/messages/{id}/replay"),
+            ADMIN,
+            Some(json!({"mapping_version": 7})),
+        )
+        .await;
+    assert_eq!(s, 409, "an unknown mapping version is refused: {err}");
+    hub.settle(30).await;
+    let reqs = posts(partner.received_requests().await.unwrap());
+    assert_eq!(reqs.len(), 1);
+    let sent: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    assert_eq!(sent, json!({"partner_ref": "WEB-M-1"}));
     hub.stop().await;
 }

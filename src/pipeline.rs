@@ -460,11 +460,12 @@ impl Pipeline {
             .collect();
         let transport = Self::transport_message(env, "received", None);
         let message_id = env.id;
+        // Rows are built here, on the caller's task; the store's writer only decides ids and
+        // duplicates and runs the statements.
+        let staged = journal::stage(&transport, &[], prepared);
         let verdicts = self
             .store
-            .write(move |c| {
-                Box::pin(async move { journal::accept(c, &transport, &[], prepared).await })
-            })
+            .write(move |c| Box::pin(async move { journal::commit_staged(c, staged).await }))
             .await?;
         self.wake.notify_one();
         Ok(Receipt {

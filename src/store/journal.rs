@@ -9,7 +9,7 @@ use sqlx::{AnyConnection, Row};
 use synchub_adapter_sdk::{FieldError, RecordVerdict};
 use uuid::Uuid;
 
-use super::rows::{Arg, insert_rows, update_from_values};
+use super::rows::{Arg, insert_rows, insert_rows_returning, update_from_values};
 use super::{Dialect, StoreError, now_ms};
 
 /// The transport unit as journaled.
@@ -145,17 +145,10 @@ pub async fn insert_keys_of(
     conn: &mut AnyConnection,
     keys: &[(Uuid, &[(&'static str, String)])],
 ) -> Result<(), StoreError> {
-    let rows: Vec<Vec<Arg>> = keys
-        .iter()
-        .flat_map(|(id, ks)| {
-            let id = id.to_string();
-            ks.iter()
-                .filter(|(_, v)| !v.is_empty())
-                .map(move |(kind, value)| {
-                    vec![value.clone().into(), (*kind).into(), id.clone().into()]
-                })
-        })
-        .collect();
+    let mut rows = Vec::new();
+    for (id, ks) in keys {
+        key_rows(*id, ks, &mut rows);
+    }
     insert_rows(
         conn,
         "message_keys",
@@ -204,28 +197,7 @@ pub async fn insert_deliveries(
     let now = now_ms();
     let rows = ds
         .iter()
-        .map(|(mid, d)| {
-            vec![
-                mid.to_string().into(),
-                d.route.clone().into(),
-                d.target.clone().into(),
-                d.lane.clone().into(),
-                d.dealer_code.clone().into(),
-                "pending".into(),
-                0i64.into(),
-                d.max_attempts.into(),
-                d.backoff_ms.into(),
-                d.max_backoff_ms.into(),
-                now.into(),
-                d.mapping.clone().into(),
-                d.mapping_version.into(),
-                d.content_type.into(),
-                d.headers.clone().into(),
-                Arg::Blob(d.body.clone()),
-                now.into(),
-                now.into(),
-            ]
-        })
+        .map(|(mid, d)| delivery_row(*mid, d, now))
         .collect();
     insert_rows(conn, "deliveries", DELIVERY_COLS, rows, "").await?;
     Ok(())
@@ -407,6 +379,105 @@ pub async fn insert_prepared(
     insert_deliveries(conn, &ds).await
 }
 
+/// Column positions in a message row that the accept transaction may still change.
+const MSG_ROUTES: usize = 5;
+const MSG_STATUS: usize = 11;
+const MSG_REASON: usize = 12;
+const MSG_ENTITY: usize = 13;
+
+/// A submission turned into SQL rows before it reaches the store's writer, so the serial part
+/// of an accept (the single SQLite writer) only decides ids and duplicates and binds rows.
+pub struct Staged {
+    /// The transport unit's row first, then one per record.
+    messages: Vec<Vec<Arg>>,
+    keys: Vec<Vec<Arg>>,
+    /// Per record: its delivery rows.
+    deliveries: Vec<Vec<Vec<Arg>>>,
+    records: Vec<StagedRecord>,
+}
+
+struct StagedRecord {
+    message_id: Uuid,
+    record_type: Option<String>,
+    errors: Option<Vec<FieldError>>,
+    idempotency: Option<(String, String)>,
+    id_rule: Option<IdRule>,
+}
+
+fn key_rows(message_id: Uuid, keys: &[(&'static str, String)], out: &mut Vec<Vec<Arg>>) {
+    let id = message_id.to_string();
+    for (kind, value) in keys.iter().filter(|(_, v)| !v.is_empty()) {
+        out.push(vec![
+            value.clone().into(),
+            (*kind).into(),
+            id.clone().into(),
+        ]);
+    }
+}
+
+fn delivery_row(message_id: Uuid, d: &NewDelivery, now: i64) -> Vec<Arg> {
+    vec![
+        message_id.to_string().into(),
+        d.route.clone().into(),
+        d.target.clone().into(),
+        d.lane.clone().into(),
+        d.dealer_code.clone().into(),
+        "pending".into(),
+        0i64.into(),
+        d.max_attempts.into(),
+        d.backoff_ms.into(),
+        d.max_backoff_ms.into(),
+        now.into(),
+        d.mapping.clone().into(),
+        d.mapping_version.into(),
+        d.content_type.into(),
+        d.headers.clone().into(),
+        Arg::Blob(d.body.clone()),
+        now.into(),
+        now.into(),
+    ]
+}
+
+/// Builds every row of a submission (pure; runs in the caller's task).
+pub fn stage(
+    transport: &NewMessage,
+    transport_keys: &[(&'static str, String)],
+    records: Vec<PreparedRecord>,
+) -> Staged {
+    let now = now_ms();
+    let mut messages = Vec::with_capacity(records.len() + 1);
+    let mut keys = Vec::new();
+    messages.push(message_row(transport));
+    key_rows(transport.id, transport_keys, &mut keys);
+    let mut deliveries = Vec::with_capacity(records.len());
+    let mut staged = Vec::with_capacity(records.len());
+    for r in records {
+        messages.push(message_row(&r.message));
+        key_rows(r.message.id, &r.keys, &mut keys);
+        deliveries.push(if r.errors.is_none() {
+            r.deliveries
+                .iter()
+                .map(|d| delivery_row(r.message.id, d, now))
+                .collect()
+        } else {
+            Vec::new()
+        });
+        staged.push(StagedRecord {
+            message_id: r.message.id,
+            record_type: r.message.record_type,
+            errors: r.errors,
+            idempotency: r.idempotency,
+            id_rule: r.id_rule,
+        });
+    }
+    Staged {
+        messages,
+        keys,
+        deliveries,
+        records: staged,
+    }
+}
+
 /// Journals one transport unit and its records; the heart of "accept = durable". A constant
 /// number of statements per submission, whatever its size: ids, idempotency, messages, keys
 /// and deliveries each go in one multi-row statement.
@@ -414,9 +485,18 @@ pub async fn accept(
     conn: &mut AnyConnection,
     transport: &NewMessage,
     transport_keys: &[(&'static str, String)],
-    mut records: Vec<PreparedRecord>,
+    records: Vec<PreparedRecord>,
 ) -> Result<Vec<RecordVerdict>, StoreError> {
-    let rules: Vec<Option<&IdRule>> = records
+    commit_staged(conn, stage(transport, transport_keys, records)).await
+}
+
+/// The transactional half of `accept`: ids, duplicates, then the prepared rows.
+pub async fn commit_staged(
+    conn: &mut AnyConnection,
+    mut st: Staged,
+) -> Result<Vec<RecordVerdict>, StoreError> {
+    let rules: Vec<Option<&IdRule>> = st
+        .records
         .iter()
         .map(|r| {
             if r.errors.is_none() {
@@ -430,7 +510,8 @@ pub async fn accept(
 
     // Idempotency: the ledger row is inserted first; a key already there (now or earlier in this
     // batch) makes the record a duplicate of the message that holds it.
-    let ledger: Vec<(usize, String, String)> = records
+    let ledger: Vec<(usize, String, String)> = st
+        .records
         .iter()
         .enumerate()
         .filter(|(_, r)| r.errors.is_none())
@@ -443,7 +524,7 @@ pub async fn accept(
             vec![
                 scope.clone().into(),
                 key.clone().into(),
-                records[*i].message.id.to_string().into(),
+                st.records[*i].message_id.to_string().into(),
                 ids[*i].clone().into(),
                 now.into(),
             ]
@@ -451,88 +532,79 @@ pub async fn accept(
         .collect::<Vec<_>>();
     let mut duplicate_of: HashMap<usize, (String, Option<String>)> = HashMap::new();
     if !rows.is_empty() {
-        insert_rows(
+        // RETURNING names the keys this statement took; only the others (duplicates: rare) need
+        // a second look to find the message that holds them.
+        let taken = insert_rows_returning(
             conn,
             "idempotency",
             &["scope", "idem_key", "message_id", "entity_id", "created_at"],
             rows,
-            "ON CONFLICT DO NOTHING",
+            "ON CONFLICT DO NOTHING RETURNING message_id",
         )
         .await?;
-        // Which message holds each key now: ours if the insert took, an earlier one otherwise.
-        for chunk in ledger.chunks(400) {
-            let cond: Vec<String> = (0..chunk.len())
-                .map(|j| format!("(scope = ${} AND idem_key = ${})", 2 * j + 1, 2 * j + 2))
-                .collect();
-            let sql = format!(
-                "SELECT scope, idem_key, message_id, entity_id FROM idempotency WHERE {}",
-                cond.join(" OR ")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (_, scope, key) in chunk {
-                q = q.bind(scope.as_str()).bind(key.as_str());
-            }
-            let mut holder: HashMap<(String, String), (String, Option<String>)> = HashMap::new();
-            for row in q.fetch_all(&mut *conn).await? {
-                holder.insert(
-                    (row.try_get(0)?, row.try_get(1)?),
-                    (row.try_get(2)?, row.try_get(3)?),
-                );
-            }
-            for (i, scope, key) in chunk {
-                if let Some((mid, entity)) = holder.get(&(scope.clone(), key.clone()))
-                    && *mid != records[*i].message.id.to_string()
-                {
-                    duplicate_of.insert(*i, (mid.clone(), entity.clone()));
-                }
-            }
+        let taken: std::collections::HashSet<String> = taken.into_iter().collect();
+        let others: Vec<&(usize, String, String)> = ledger
+            .iter()
+            .filter(|(i, _, _)| !taken.contains(&st.records[*i].message_id.to_string()))
+            .collect();
+        for (i, scope, key) in others {
+            let row = sqlx::query(
+                "SELECT message_id, entity_id FROM idempotency WHERE scope = $1 AND idem_key = $2",
+            )
+            .bind(scope.as_str())
+            .bind(key.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+            duplicate_of.insert(*i, (row.try_get(0)?, row.try_get(1)?));
         }
     }
 
-    let mut verdicts = Vec::with_capacity(records.len());
-    for (i, rec) in records.iter_mut().enumerate() {
+    let mut verdicts = Vec::with_capacity(st.records.len());
+    let mut delivery_rows = Vec::new();
+    for (i, rec) in st.records.iter().enumerate() {
+        let row = &mut st.messages[i + 1];
         if let Some(errors) = rec.errors.clone() {
             verdicts.push(RecordVerdict::Rejected {
-                message_id: rec.message.id,
+                message_id: rec.message_id,
                 errors,
             });
         } else if let Some((first, entity)) = duplicate_of.get(&i) {
-            rec.message.status = "duplicate";
-            rec.message.reason = Some(format!("duplicate of message {first}: no second effect"));
-            rec.message.entity_id = entity.clone();
-            rec.message.routes.clear();
-            rec.deliveries.clear();
+            row[MSG_STATUS] = "duplicate".into();
+            row[MSG_REASON] = format!("duplicate of message {first}: no second effect").into();
+            row[MSG_ENTITY] = entity.clone().into();
+            row[MSG_ROUTES] = Arg::Text(None);
             verdicts.push(RecordVerdict::Accepted {
-                message_id: rec.message.id,
+                message_id: rec.message_id,
                 id: entity.clone(),
                 duplicate: true,
             });
         } else {
-            rec.message.entity_id = ids[i].clone();
+            row[MSG_ENTITY] = ids[i].clone().into();
             if let Some(id) = &ids[i] {
-                rec.keys.push((
-                    entity_key_kind(rec.message.record_type.as_deref()),
-                    id.clone(),
-                ));
+                key_rows(
+                    rec.message_id,
+                    &[(entity_key_kind(rec.record_type.as_deref()), id.clone())],
+                    &mut st.keys,
+                );
             }
+            delivery_rows.append(&mut st.deliveries[i]);
             verdicts.push(RecordVerdict::Accepted {
-                message_id: rec.message.id,
+                message_id: rec.message_id,
                 id: ids[i].clone(),
                 duplicate: false,
             });
         }
     }
-    let mut messages: Vec<&NewMessage> = vec![transport];
-    messages.extend(records.iter().map(|r| &r.message));
-    insert_messages(conn, &messages).await?;
-    let mut keys: Vec<(Uuid, &[(&'static str, String)])> = vec![(transport.id, transport_keys)];
-    keys.extend(records.iter().map(|r| (r.message.id, r.keys.as_slice())));
-    insert_keys_of(conn, &keys).await?;
-    let deliveries: Vec<(Uuid, &NewDelivery)> = records
-        .iter()
-        .flat_map(|r| r.deliveries.iter().map(move |d| (r.message.id, d)))
-        .collect();
-    insert_deliveries(conn, &deliveries).await?;
+    insert_rows(conn, "messages", MESSAGE_COLS, st.messages, "").await?;
+    insert_rows(
+        conn,
+        "message_keys",
+        &["value", "kind", "message_id"],
+        st.keys,
+        "ON CONFLICT DO NOTHING",
+    )
+    .await?;
+    insert_rows(conn, "deliveries", DELIVERY_COLS, delivery_rows, "").await?;
     Ok(verdicts)
 }
 

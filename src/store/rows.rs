@@ -50,6 +50,20 @@ impl From<Option<i64>> for Arg {
     }
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds every value of every row, in order.
+fn bind_rows(mut q: AnyQuery<'_>, rows: Vec<Vec<Arg>>) -> AnyQuery<'_> {
+    for arg in rows.into_iter().flatten() {
+        q = match arg {
+            Arg::Text(v) => q.bind(v),
+            Arg::Int(v) => q.bind(v),
+            Arg::Blob(v) => q.bind(v),
+        };
+    }
+    q
+}
+
 /// Both engines allow 32,766+ bound values per statement; stay well below.
 const MAX_BINDS: usize = 16_000;
 
@@ -71,20 +85,34 @@ pub async fn insert_rows(
         // number of binds); anonymous `?` binds are positional. PostgreSQL needs `$N`.
         let positional = conn.backend_name().eq_ignore_ascii_case("sqlite");
         let sql = insert_sql(table, cols, chunk.len(), suffix, positional);
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for row in chunk {
-            debug_assert_eq!(row.len(), cols.len());
-            for arg in row {
-                q = match arg {
-                    Arg::Text(v) => q.bind(v),
-                    Arg::Int(v) => q.bind(v),
-                    Arg::Blob(v) => q.bind(v),
-                };
-            }
-        }
+        let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk);
         affected += q.execute(&mut *conn).await?.rows_affected();
     }
     Ok(affected)
+}
+
+/// Like [`insert_rows`] with a `RETURNING <one text column>` suffix: the returned values.
+pub async fn insert_rows_returning(
+    conn: &mut AnyConnection,
+    table: &str,
+    cols: &[&str],
+    rows: Vec<Vec<Arg>>,
+    suffix: &str,
+) -> Result<Vec<String>, StoreError> {
+    use sqlx::Row;
+    let per_chunk = (MAX_BINDS / cols.len()).max(1);
+    let positional = conn.backend_name().eq_ignore_ascii_case("sqlite");
+    let mut out = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_chunk).collect();
+        let sql = insert_sql(table, cols, chunk.len(), suffix, positional);
+        let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk);
+        for row in q.fetch_all(&mut *conn).await? {
+            out.push(row.try_get::<String, _>(0)?);
+        }
+    }
+    Ok(out)
 }
 
 pub fn insert_sql(
@@ -124,16 +152,7 @@ pub async fn update_from_values(
             "UPDATE {table} SET {set} FROM (VALUES {}) AS v WHERE {table}.{key} = v.column1",
             placeholders(ncols, chunk.len(), positional)
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for row in chunk {
-            for arg in row {
-                q = match arg {
-                    Arg::Text(v) => q.bind(v),
-                    Arg::Int(v) => q.bind(v),
-                    Arg::Blob(v) => q.bind(v),
-                };
-            }
-        }
+        let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk);
         affected += q.execute(&mut *conn).await?.rows_affected();
     }
     Ok(affected)

@@ -20,6 +20,9 @@ use crate::store::journal::{self, AttemptRecord, Claimed, Targets};
 use crate::store::{BoxFuture, Store, StoreError, now_ms};
 use crate::telemetry::metrics_names as m;
 
+/// Most CRM-store deliveries applied in one write transaction.
+const CRM_BATCH: i64 = 64;
+
 pub struct Dispatcher {
     store: Store,
     pipeline: Arc<Pipeline>,
@@ -179,11 +182,15 @@ impl Dispatcher {
             let mut busy = false;
             // CRM-store deliveries are claimed in batches and applied inside the writer, one
             // transaction per batch: per-statement cost, not per-delivery work, is what limits
-            // a single-writer store.
+            // a single-writer store. Batches stay small enough that accepts queued behind one
+            // wait milliseconds, not tens of them.
             if let Targets::Only(t) = &self.crm_targets
                 && !t.is_empty()
             {
-                match self.claim(batch, lease, self.crm_targets.clone()).await {
+                match self
+                    .claim(batch.min(CRM_BATCH), lease, self.crm_targets.clone())
+                    .await
+                {
                     Ok(claimed) if !claimed.is_empty() => {
                         busy = true;
                         if let Ok(permit) = workers.clone().acquire_owned().await {

@@ -140,7 +140,7 @@ pub fn customer_event(id: &str, up: &Upserted, src: &ChangeSource) -> ChangeEven
     }
 }
 
-fn str_field(m: &Map<String, Value>, k: &str) -> Option<String> {
+pub(crate) fn str_field(m: &Map<String, Value>, k: &str) -> Option<String> {
     m.get(k).and_then(Value::as_str).map(str::to_string)
 }
 
@@ -572,9 +572,4 @@ pub async fn seed_demo_dealers(conn: &mut AnyConnection) -> Result<u32, StoreErr
         created += 1;
     }
     Ok(created)
-}
-
-/// The message id of a claimed delivery's record, parsed.
-pub fn message_uuid(s: &str) -> Result<Uuid, StoreError> {
-    parse_uuid(s)
 }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Map, Value};
 use sqlx::{AnyConnection, Row};
 
-use super::{ChangeSource, Columns, KEY_FIELDS, Upserted, text};
+use super::{ChangeSource, Columns, KEY_FIELDS, Upserted, str_field, text};
 use crate::store::rows::{Arg, insert_rows};
 use crate::store::{StoreError, now_ms};
 
@@ -197,8 +197,8 @@ impl Unit {
                 now,
             ));
             let rec = Rec {
-                mobile: str_of(&data, "mobile").or(cols.mobile.clone()),
-                id_no: str_of(&data, "id_no").or(cols.id_no.clone()),
+                mobile: str_field(&data, "mobile").or(cols.mobile.clone()),
+                id_no: str_field(&data, "id_no").or(cols.id_no.clone()),
                 dealer_code: cols.dealer_code.clone(),
                 reference: cols.reference.clone(),
                 source_system: Some(src.system.clone()),
@@ -260,8 +260,8 @@ impl Unit {
         if !out.changed.is_empty() {
             rec.version += 1;
             out.version = rec.version;
-            rec.mobile = str_of(&rec.data, "mobile").or(rec.mobile.take());
-            rec.id_no = str_of(&rec.data, "id_no").or(rec.id_no.take());
+            rec.mobile = str_field(&rec.data, "mobile").or(rec.mobile.take());
+            rec.id_no = str_field(&rec.data, "id_no").or(rec.id_no.take());
             if cols.dealer_code.is_some() {
                 rec.dealer_code = cols.dealer_code.clone();
             }
@@ -278,7 +278,7 @@ impl Unit {
         let dealer = cols
             .dealer_code
             .clone()
-            .or_else(|| str_of(&rec.data, "dealer_code"));
+            .or_else(|| str_field(&rec.data, "dealer_code"));
         if entity == "customer" {
             let snapshot = rec.clone();
             self.index_customer(id, &snapshot);
@@ -397,10 +397,6 @@ impl Unit {
         .await?;
         Ok(())
     }
-}
-
-fn str_of(m: &Map<String, Value>, k: &str) -> Option<String> {
-    m.get(k).and_then(Value::as_str).map(str::to_string)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -29,7 +29,7 @@ CREATE TABLE message_keys (
     kind       TEXT NOT NULL,
     message_id TEXT NOT NULL,
     PRIMARY KEY (value, kind, message_id)
-);
+) WITHOUT ROWID;  -- small rows looked up by key: one B-tree instead of table + index
 CREATE INDEX message_keys_message ON message_keys (message_id);
 
 CREATE TABLE idempotency (
@@ -39,7 +39,7 @@ CREATE TABLE idempotency (
     entity_id  TEXT,
     created_at BIGINT NOT NULL,
     PRIMARY KEY (scope, idem_key)
-);
+) WITHOUT ROWID;
 
 CREATE TABLE deliveries (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- also the order within a lane
@@ -88,7 +88,7 @@ CREATE INDEX attempts_delivery ON attempts (delivery_id);
 CREATE TABLE counters (
     name  TEXT PRIMARY KEY,
     value BIGINT NOT NULL
-);
+) WITHOUT ROWID;
 
 -- CRM store: one row per canonical record. The canonical fields live in `data` (JSON) so every
 -- entity shares one upsert/history code path; the columns beside it are what we look up by.

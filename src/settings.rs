@@ -287,7 +287,7 @@ pub struct StoreSettings {
     #[serde(default = "default_payload_retention_days")]
     pub payload_retention_days: u32,
     /// When the purge job runs: a 5-field cron expression (minute hour day month weekday),
-    /// local time.
+    /// evaluated in UTC.
     #[serde(default = "default_purge_schedule")]
     pub purge_schedule: String,
 }

@@ -31,7 +31,7 @@ impl EndpointStates {
                 ..Default::default()
             });
             f(st);
-            metrics::gauge!("hub_endpoint_up", "endpoint" => id.to_string())
+            metrics::gauge!(crate::telemetry::metrics_names::ENDPOINT_UP, "endpoint" => id.to_string())
                 .set(if st.state == "down" { 0.0 } else { 1.0 });
         }
     }

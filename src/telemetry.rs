@@ -23,6 +23,8 @@ pub mod metrics_names {
     pub const DELIVERIES: &str = "hub_deliveries_total";
     /// Retries scheduled.
     pub const RETRIED: &str = "hub_deliveries_retried_total";
+    /// Gauge per endpoint: 0 when it is down (transient failures in a row), 1 otherwise.
+    pub const ENDPOINT_UP: &str = "hub_endpoint_up";
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();

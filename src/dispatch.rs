@@ -119,11 +119,13 @@ impl Dispatcher {
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
+            let quiet = every.as_millis() as i64;
             for (id, out) in &self.outbounds {
-                match out.healthcheck().await {
-                    Ok(()) => self.status.contact(id, None),
-                    Err(e) => self.status.failure(id, format!("health check: {e}")),
-                }
+                let result = out
+                    .healthcheck()
+                    .await
+                    .map_err(|e| format!("health check: {e}"));
+                self.status.health(id, result, quiet);
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

@@ -15,6 +15,8 @@ pub struct EndpointState {
     pub last_contact_ms: Option<i64>,
     pub last_error: Option<String>,
     pub consecutive_failures: u32,
+    /// Last real traffic (a delivery or an inbound message), which outranks health checks.
+    pub last_traffic_ms: Option<i64>,
 }
 
 #[derive(Default)]
@@ -39,6 +41,7 @@ impl EndpointStates {
     /// The partner answered (delivered, or refused a message: it is reachable either way).
     pub fn contact(&self, id: &str, error: Option<String>) {
         self.update(id, |st| {
+            st.last_traffic_ms = Some(now_ms());
             st.state = "up";
             st.last_contact_ms = Some(now_ms());
             st.consecutive_failures = 0;
@@ -51,6 +54,7 @@ impl EndpointStates {
     /// A transient failure talking to the partner (timeout, 5xx, connection refused).
     pub fn failure(&self, id: &str, error: String) {
         self.update(id, |st| {
+            st.last_traffic_ms = Some(now_ms());
             st.consecutive_failures += 1;
             st.state = if st.consecutive_failures >= DOWN_AFTER {
                 "down"
@@ -58,6 +62,34 @@ impl EndpointStates {
                 "degraded"
             };
             st.last_error = Some(error);
+        });
+    }
+
+    /// A health check's verdict, applied only to an endpoint without recent traffic: a HEAD
+    /// that answers says nothing against deliveries failing right now.
+    pub fn health(&self, id: &str, result: Result<(), String>, quiet_ms: i64) {
+        let recent = self
+            .get(id)
+            .and_then(|st| st.last_traffic_ms)
+            .is_some_and(|t| now_ms() - t < quiet_ms);
+        if recent {
+            return;
+        }
+        self.update(id, |st| match result {
+            Ok(()) => {
+                st.state = "up";
+                st.last_contact_ms = Some(now_ms());
+                st.consecutive_failures = 0;
+            }
+            Err(e) => {
+                st.consecutive_failures += 1;
+                st.state = if st.consecutive_failures >= DOWN_AFTER {
+                    "down"
+                } else {
+                    "degraded"
+                };
+                st.last_error = Some(e);
+            }
         });
     }
 
@@ -90,5 +122,23 @@ mod tests {
             Some("connection refused"),
             "the last error stays visible"
         );
+    }
+
+    #[test]
+    fn health_checks_do_not_override_recent_traffic() {
+        let s = EndpointStates::default();
+        for _ in 0..3 {
+            s.failure("x", "503".into());
+        }
+        s.health("x", Ok(()), 30_000);
+        assert_eq!(
+            s.get("x").unwrap().state,
+            "down",
+            "deliveries failing now outrank a HEAD that answers"
+        );
+        s.health("idle", Err("connection refused".into()), 30_000);
+        assert_eq!(s.get("idle").unwrap().state, "degraded");
+        s.health("idle", Ok(()), 30_000);
+        assert_eq!(s.get("idle").unwrap().state, "up");
     }
 }

@@ -13,23 +13,14 @@ use sqlx::{ConnectOptions, Connection, Executor};
 use synchub::app::Application;
 use synchub::settings::{Profile, Settings};
 
+#[path = "../tests/support/tree.rs"]
+mod tree;
+
 // The same allocator as the binary, so the figures are the binary's.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH: usize = 100;
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
 
 /// One request body of `BATCH` leads, written as text: the load generator shares the two cores
 /// with the hub, so it must cost as little as a real partner's pre-serialised batch.
@@ -150,6 +141,20 @@ impl Hub {
     }
 }
 
+/// Posts one batch and insists on the 202 (sent only after commit).
+async fn post_batch(client: &reqwest::Client, base: &str, n: usize) {
+    let r = client
+        .post(format!("{base}/api/v1/leads"))
+        .header("X-Api-Key", "demo-website")
+        .header("Content-Type", "application/json")
+        .body(batch(n))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 202);
+    let _ = r.bytes().await;
+}
+
 /// Closed loop: `clients` clients posting batches of 100 leads for `secs`; records/s.
 async fn closed_loop(
     client: &reqwest::Client,
@@ -166,17 +171,7 @@ async fn closed_loop(
             (client.clone(), base.to_string(), seq.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             while start.elapsed().as_secs_f64() < secs {
-                let n = seq.fetch_add(1, Ordering::Relaxed);
-                let r = client
-                    .post(format!("{base}/api/v1/leads"))
-                    .header("X-Api-Key", "demo-website")
-                    .header("Content-Type", "application/json")
-                    .body(batch(n))
-                    .send()
-                    .await
-                    .expect("request");
-                assert_eq!(r.status(), 202);
-                let _ = r.bytes().await;
+                post_batch(&client, &base, seq.fetch_add(1, Ordering::Relaxed)).await;
                 done.fetch_add(BATCH, Ordering::Relaxed);
             }
         }));
@@ -208,10 +203,7 @@ async fn main() {
     let dir =
         tempfile::tempdir_in(std::env::var("SYNCHUB_BENCH_DIR").unwrap_or_else(|_| ".".into()))
             .unwrap();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for sub in ["config", "routes", "mappings"] {
-        copy_dir(&repo.join(sub), &dir.path().join(sub));
-    }
+    tree::copy_shipped_config(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), dir.path());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .build()
@@ -254,16 +246,7 @@ async fn main() {
         let n = seq.fetch_add(1, Ordering::Relaxed);
         handles.push(tokio::spawn(async move {
             let t = Instant::now();
-            let r = client
-                .post(format!("{base}/api/v1/leads"))
-                .header("X-Api-Key", "demo-website")
-                .header("Content-Type", "application/json")
-                .body(batch(n))
-                .send()
-                .await
-                .expect("request");
-            assert_eq!(r.status(), 202);
-            let _ = r.bytes().await;
+            post_batch(&client, &base, n).await;
             t.elapsed().as_secs_f64() * 1000.0
         }));
     }

@@ -3,6 +3,9 @@
 
 use std::process::Command;
 
+#[path = "support/tree.rs"]
+mod tree;
+
 fn synchub() -> Command {
     Command::new(env!("CARGO_BIN_EXE_synchub"))
 }
@@ -43,9 +46,7 @@ fn check_passes_on_the_shipped_configuration() {
 #[test]
 fn check_reports_every_problem_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    for sub in ["config", "routes", "mappings"] {
-        copy(&repo().join(sub), &dir.path().join(sub));
-    }
+    tree::copy_shipped_config(&repo(), dir.path());
     let cfg = dir.path().join("config");
     std::fs::write(
         cfg.join("endpoints/partners_rest_in.toml"),
@@ -88,9 +89,7 @@ fn check_reports_every_problem_at_once() {
 #[test]
 fn production_profile_refuses_demo_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    for sub in ["config", "routes", "mappings"] {
-        copy(&repo().join(sub), &dir.path().join(sub));
-    }
+    tree::copy_shipped_config(&repo(), dir.path());
     // An operator copies the local profile's demo keys into production by mistake.
     let local = std::fs::read_to_string(dir.path().join("config/synchub.local.toml")).unwrap();
     let prod = std::fs::read_to_string(dir.path().join("config/synchub.production.toml")).unwrap();
@@ -137,16 +136,4 @@ fn migrate_creates_the_store() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(db.exists());
-}
-
-fn copy(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }

@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use tokio::sync::Mutex;
 
+#[path = "support/tree.rs"]
+mod tree;
+
 const CLIENTS: usize = 8;
 const BATCH: usize = 50;
 const RECORDS: usize = 20_000;
@@ -22,18 +25,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 fn start(root: &std::path::Path, port: u16) -> Child {
@@ -78,10 +69,10 @@ fn batch(n: usize) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing_and_duplicates_nothing() {
     let root = tempfile::tempdir().unwrap();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    for sub in ["config", "routes", "mappings"] {
-        copy_dir(&repo.join(sub), &root.path().join(sub));
-    }
+    tree::copy_shipped_config(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+        root.path(),
+    );
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder()

@@ -9,14 +9,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use crate::helpers::{ADMIN, Backend, TestConfig, TestHub, sample};
 
 async fn hub_with_partner(partner: &MockServer, backend: Backend) -> TestHub {
-    let cfg = TestConfig::shipped();
-    cfg.write(
-        "config/endpoints/partner_out.toml",
-        &format!(
-            "type = \"rest\"\ndirection = \"out\"\nurl = \"{}/leads\"\ntimeout_ms = 2000\n",
-            partner.uri()
-        ),
-    );
+    let cfg = TestConfig::shipped().with_partner(&partner.uri());
     cfg.write(
         "routes/leads_to_partner.toml",
         "from = \"partners_rest_in\"\nrecord_type = \"lead\"\nvalidate = \"lead\"\nmapping = \"rest_lead_to_crm\"\n\
@@ -304,14 +297,7 @@ async fn a_failing_mapping_rejects_the_delivery_not_the_record_and_a_fix_replays
         .respond_with(ResponseTemplate::new(200))
         .mount(&partner)
         .await;
-    let cfg = TestConfig::shipped();
-    cfg.write(
-        "config/endpoints/partner_out.toml",
-        &format!(
-            "type = \"rest\"\ndirection = \"out\"\nurl = \"{}/leads\"\n",
-            partner.uri()
-        ),
-    );
+    let cfg = TestConfig::shipped().with_partner(&partner.uri());
     cfg.write(
         "mappings/lead_to_partner/v1.jq",
         "# v1: a bug.\nerror(\"no partner code for \" + .source_ref)\n",

@@ -2,9 +2,12 @@
 //! a fresh PostgreSQL database on the running server), a temp copy of the shipped configuration
 //! that tests can extend, and `TestHub`, the real application served on port 0.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
+
+#[path = "../support/tree.rs"]
+mod tree;
 use synchub::app::Application;
 use synchub::settings::{Profile, Settings};
 use synchub::store::Store;
@@ -92,9 +95,7 @@ pub struct TestConfig {
 impl TestConfig {
     pub fn shipped() -> TestConfig {
         let dir = tempfile::tempdir().expect("tempdir");
-        for sub in ["config", "routes", "mappings"] {
-            copy_dir(&repo().join(sub), &dir.path().join(sub));
-        }
+        tree::copy_shipped_config(&repo(), dir.path());
         TestConfig { dir }
     }
 
@@ -102,24 +103,22 @@ impl TestConfig {
         self.dir.path().join("config")
     }
 
+    /// Adds the REST outbound endpoint `partner_out` posting to `<uri>/leads`.
+    pub fn with_partner(self, uri: &str) -> TestConfig {
+        self.write(
+            "config/endpoints/partner_out.toml",
+            &format!(
+                "type = \"rest\"\ndirection = \"out\"\nurl = \"{uri}/leads\"\ntimeout_ms = 2000\n"
+            ),
+        );
+        self
+    }
+
     /// Writes `rel` (e.g. `routes/x.toml`) under the temp tree.
     pub fn write(&self, rel: &str, content: &str) {
         let p = self.dir.path().join(rel);
         std::fs::create_dir_all(p.parent().expect("has parent")).expect("mkdir");
         std::fs::write(p, content).expect("write");
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let target = to.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).expect("copy");
-        }
     }
 }
 

@@ -14,14 +14,7 @@ async fn health_metrics_and_endpoint_state() {
         .respond_with(ResponseTemplate::new(503))
         .mount(&partner)
         .await;
-    let cfg = TestConfig::shipped();
-    cfg.write(
-        "config/endpoints/partner_out.toml",
-        &format!(
-            "type = \"rest\"\ndirection = \"out\"\nurl = \"{}/leads\"\ntimeout_ms = 2000\n",
-            partner.uri()
-        ),
-    );
+    let cfg = TestConfig::shipped().with_partner(&partner.uri());
     cfg.write(
         "routes/leads_to_partner.toml",
         "from = \"partners_rest_in\"\nrecord_type = \"lead\"\nvalidate = \"lead\"\nto = [\"partner_out\"]\n\

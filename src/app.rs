@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
+use synchub_adapter_amqp::{AmqpConfig, AmqpInbound, AmqpOutbound, Link, LinkEvent};
 use synchub_adapter_rest::{ApiKey, InboundConfig, RestOutbound, RestOutboundConfig};
 use synchub_adapter_sdk::{Inbox, Outbound, Principal};
 use synchub_transform::jq::Mappings;
@@ -21,7 +22,7 @@ use crate::http::AppState;
 use crate::http::auth::Operators;
 use crate::pipeline::Pipeline;
 use crate::routing::RouteTable;
-use crate::settings::{Direction, EndpointConfig, Settings};
+use crate::settings::{AmqpEndpoint, AmqpQueueType, Direction, EndpointConfig, Settings};
 use crate::status::EndpointStates;
 use crate::store::Store;
 
@@ -33,6 +34,8 @@ pub struct Application {
     pipeline: Arc<Pipeline>,
     purge: PurgeJob,
     dispatch_enabled: bool,
+    links: Vec<Arc<Link>>,
+    consumers: Vec<Arc<AmqpInbound>>,
 }
 
 /// Drops raw payloads of finished messages after the retention period, on a cron schedule.
@@ -130,6 +133,10 @@ pub struct Assembled {
     pub pipeline: Arc<Pipeline>,
     pub purge: PurgeJob,
     pub dispatch_enabled: bool,
+    /// Broker connections to keep up while running.
+    pub links: Vec<Arc<Link>>,
+    /// AMQP consumers to run while running.
+    pub consumers: Vec<Arc<AmqpInbound>>,
 }
 
 impl Application {
@@ -147,6 +154,8 @@ impl Application {
             pipeline: a.pipeline,
             purge: a.purge,
             dispatch_enabled: a.dispatch_enabled,
+            links: a.links,
+            consumers: a.consumers,
         })
     }
 
@@ -200,8 +209,30 @@ impl Application {
         let mut crm = HashMap::new();
         let mut partner_routes = axum::Router::new();
         let mut endpoint_kinds = Vec::new();
+        let mut links = Vec::new();
+        let mut consumers = Vec::new();
+        let link_status = status.clone();
+        let observer: synchub_adapter_amqp::Observer = Arc::new(move |id, ev| match ev {
+            LinkEvent::Up => link_status.connection(id, Ok(())),
+            LinkEvent::Down { error } => link_status.connection(id, Err(error)),
+        });
         for (id, ep) in &settings.endpoints {
             match ep {
+                EndpointConfig::Amqp(a) => {
+                    let link = Link::new(amqp_config(id, a)?, Some(observer.clone()));
+                    links.push(link.clone());
+                    match a.direction {
+                        Direction::Out => {
+                            outbounds.insert(id.clone(), Arc::new(AmqpOutbound::new(link)));
+                            endpoint_kinds.push((id.clone(), "amqp out".to_string()));
+                        }
+                        Direction::In => {
+                            let inbox: Arc<dyn Inbox> = pipeline.clone();
+                            consumers.push(Arc::new(AmqpInbound::new(link, inbox)));
+                            endpoint_kinds.push((id.clone(), "amqp in".to_string()));
+                        }
+                    }
+                }
                 EndpointConfig::Rest(r) if r.direction == Direction::Out => {
                     let mut cfg = RestOutboundConfig::new(r.url.clone().unwrap_or_default());
                     cfg.timeout_ms = r.timeout_ms;
@@ -273,6 +304,8 @@ impl Application {
             pipeline,
             purge,
             dispatch_enabled: settings.dispatch.enabled,
+            links,
+            consumers,
         })
     }
 
@@ -301,6 +334,18 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Links stop last: consumers still ack what they journaled while shutting down.
+        let (link_stop_tx, link_stop_rx) = watch::channel(false);
+        let links: Vec<_> = self
+            .links
+            .iter()
+            .map(|l| tokio::spawn(l.clone().run(link_stop_rx.clone())))
+            .collect();
+        let consumers: Vec<_> = self
+            .consumers
+            .iter()
+            .map(|c| tokio::spawn(c.clone().run(stop_rx.clone())))
+            .collect();
         let dispatcher = if self.dispatch_enabled {
             tokio::spawn(self.dispatcher.clone().run(stop_rx.clone()))
         } else {
@@ -326,10 +371,83 @@ impl Application {
         .context("HTTP server failed")?;
         let _ = stop_tx.send(true);
         let _ = dispatcher.await;
+        for c in consumers {
+            let _ = c.await;
+        }
+        let _ = link_stop_tx.send(true);
+        for l in links {
+            let _ = l.await;
+        }
         self.store.close().await;
         tracing::info!("synchub stopped.");
         Ok(())
     }
+}
+
+/// The adapter's configuration for an `amqp` endpoint: names with the endpoint's prefix, the
+/// password from its secret variable.
+fn amqp_config(id: &str, a: &AmqpEndpoint) -> anyhow::Result<AmqpConfig> {
+    let url = match secret_from_env(&a.password_env)? {
+        Some(pw) => with_password(&a.url, &pw)
+            .with_context(|| format!("endpoint {id}: cannot put the password into url"))?,
+        None => a.url.clone(),
+    };
+    let mut cfg = AmqpConfig::new(id, url);
+    let p = &a.name_prefix;
+    for name in [
+        &mut cfg.dealer_exchange,
+        &mut cfg.inbound_exchange,
+        &mut cfg.dead_letter_exchange,
+        &mut cfg.dead_letter_queue,
+    ] {
+        *name = format!("{p}{name}");
+    }
+    cfg.queue_type = match a.queue_type {
+        AmqpQueueType::Quorum => synchub_adapter_amqp::QueueType::Quorum,
+        AmqpQueueType::Classic => synchub_adapter_amqp::QueueType::Classic,
+    };
+    cfg.prefetch = a.prefetch;
+    cfg.queue_expires = a.queue_expires_ms.map(std::time::Duration::from_millis);
+    if let Some(k) = &a.routing_key {
+        cfg.routing_key = k.clone();
+    }
+    cfg.confirm_timeout = std::time::Duration::from_millis(a.confirm_timeout_ms);
+    if a.direction == Direction::In {
+        cfg.bindings = match &a.queues {
+            Some(qs) => qs
+                .iter()
+                .map(|q| synchub_adapter_amqp::Binding {
+                    queue: q.queue.clone(),
+                    routing_key: q.routing_key.clone(),
+                    record_type: q.record_type.clone(),
+                })
+                .collect(),
+            None => AmqpConfig::reference_bindings(),
+        };
+        for b in &mut cfg.bindings {
+            b.queue = format!("{p}{}", b.queue);
+        }
+    }
+    Ok(cfg)
+}
+
+/// `amqp://user@host/...` with `password` percent-encoded into the user info.
+fn with_password(url: &str, password: &str) -> anyhow::Result<String> {
+    let scheme_end = url.find("://").context("no scheme")? + 3;
+    let at = url[scheme_end..]
+        .find('@')
+        .map(|i| i + scheme_end)
+        .context("url names no user (amqp://user@host)")?;
+    let user = url[scheme_end..at].split(':').next().unwrap_or_default();
+    let mut enc = String::new();
+    for b in password.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    Ok(format!("{}{user}:{enc}{}", &url[..scheme_end], &url[at..]))
 }
 
 /// A store URL with any password replaced, for messages.

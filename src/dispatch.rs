@@ -121,6 +121,10 @@ impl Dispatcher {
         loop {
             let quiet = every.as_millis() as i64;
             for (id, out) in &self.outbounds {
+                // Connection-holding adapters report their own state as it changes.
+                if out.is_connected().is_some() {
+                    continue;
+                }
                 let result = out
                     .healthcheck()
                     .await
@@ -453,7 +457,11 @@ impl Dispatcher {
                     Outcome::Reject { reason, .. } => {
                         self.status.contact(&c.target, Some(reason.clone()))
                     }
-                    Outcome::Retry { reason, .. } => self.status.failure(&c.target, reason.clone()),
+                    Outcome::Retry { reason, .. } => match out.is_connected() {
+                        Some(true) => self.status.note_error(&c.target, reason.clone()),
+                        Some(false) => {}
+                        None => self.status.failure(&c.target, reason.clone()),
+                    },
                 }
                 outcome
             }

@@ -204,8 +204,11 @@ impl Pipeline {
             if self.crm_targets.get(target).copied().unwrap_or(false) {
                 routed.to_crm = true;
             }
-            let headers =
+            let mut headers =
                 json!({"record_type": route.record_type, "dealer_code": dealer, "route": route.id});
+            for (k, v) in &route.headers {
+                headers[k.as_str()] = Value::String(v.clone());
+            }
             routed.deliveries.push(NewDelivery {
                 route: route.id.clone(),
                 target: target.clone(),

@@ -23,6 +23,8 @@ pub struct Route {
     /// Dotted path into the validated record whose value orders deliveries (per target).
     pub lane_key: Option<Vec<String>>,
     pub retry: RetryPolicy,
+    /// The route's `headers`, merged into each delivery's headers.
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 impl Route {
@@ -94,6 +96,14 @@ impl RouteTable {
                     );
                 }
             }
+            for k in rc.headers.keys() {
+                if ["dealer_code", "record_type", "route"].contains(&k.as_str()) {
+                    problem(
+                        &format!("headers.{k}"),
+                        format!("`{k}` is set by the hub from the record; choose another name"),
+                    );
+                }
+            }
             if !settings.endpoints.contains_key(&rc.from) {
                 problem("from", format!("no endpoint '{}'", rc.from));
             }
@@ -122,6 +132,7 @@ impl RouteTable {
                     .as_ref()
                     .map(|k| k.split('.').map(str::to_string).collect()),
                 retry: rc.retry.clone(),
+                headers: rc.headers.clone(),
             });
         }
         if problems.is_empty() {

@@ -524,6 +524,74 @@ pub enum EndpointConfig {
     Rest(RestEndpoint),
     /// `type = "crm_store"`: the hub's own CRM tables, written in the delivery transaction.
     CrmStore(CrmStoreEndpoint),
+    /// `type = "amqp"`: RabbitMQ; `out` publishes to the dealer exchange, `in` consumes the
+    /// inbound queues (INTERFACES §3).
+    Amqp(AmqpEndpoint),
+}
+
+/// `type = "amqp"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpEndpoint {
+    /// `out`: the hub publishes deliveries; `in`: the hub consumes `queues`.
+    pub direction: Direction,
+    /// `amqp://user@host:port/vhost` (`amqps://` for TLS). A password may be in the URL for
+    /// local use; deployments name the variable holding it in `password_env`.
+    pub url: String,
+    /// Name of the environment variable holding the broker password (replaces any in `url`).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Prepended to every exchange and queue name, so environments (or tests) can share a broker.
+    #[serde(default)]
+    pub name_prefix: String,
+    /// `quorum` (default) or `classic` for the queues the hub declares.
+    #[serde(default)]
+    pub queue_type: AmqpQueueType,
+    /// `in`: unacknowledged messages the broker hands over at once.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Declared queues are deleted by the broker after this long unused (`x-expires`);
+    /// unset keeps them forever, which is what production wants.
+    #[serde(default)]
+    pub queue_expires_ms: Option<u64>,
+    /// `out`: routing key template, `{name}` filled from the delivery's headers (the route's
+    /// `headers` plus `dealer_code` and `record_type`). Default `dealer.{dealer_code}.{kind}`.
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    /// `out`: how long to wait for the broker's publisher confirm.
+    #[serde(default = "default_confirm_timeout_ms")]
+    pub confirm_timeout_ms: u64,
+    /// `in`: queues to declare, bind to the inbound exchange and consume. Default: the
+    /// reference deployment's lead-result and campaign-result queues.
+    #[serde(default)]
+    pub queues: Option<Vec<AmqpQueue>>,
+}
+
+/// One inbound queue of an `amqp` `in` endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpQueue {
+    pub queue: String,
+    /// Binding key on the inbound exchange.
+    pub routing_key: String,
+    /// Record type of the records its messages carry (routes match on it).
+    pub record_type: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AmqpQueueType {
+    #[default]
+    Quorum,
+    Classic,
+}
+
+fn default_prefetch() -> u16 {
+    256
+}
+
+fn default_confirm_timeout_ms() -> u64 {
+    10_000
 }
 
 /// `type = "rest"`.
@@ -582,13 +650,14 @@ impl Default for CrmStoreEndpoint {
 
 impl EndpointConfig {
     /// The `type` value of each kind, in variant order.
-    pub const TYPES: [&'static str; 2] = ["rest", "crm_store"];
+    pub const TYPES: [&'static str; 3] = ["rest", "crm_store", "amqp"];
 
     /// The `type` value of this endpoint.
     pub fn type_name(&self) -> &'static str {
         match self {
             EndpointConfig::Rest(_) => "rest",
             EndpointConfig::CrmStore(_) => "crm_store",
+            EndpointConfig::Amqp(_) => "amqp",
         }
     }
 
@@ -597,6 +666,7 @@ impl EndpointConfig {
     pub fn is_source(&self) -> bool {
         match self {
             EndpointConfig::Rest(rest) => rest.direction == Direction::In,
+            EndpointConfig::Amqp(a) => a.direction == Direction::In,
             EndpointConfig::CrmStore(_) => true,
         }
     }
@@ -605,6 +675,7 @@ impl EndpointConfig {
     pub fn is_target(&self) -> bool {
         match self {
             EndpointConfig::Rest(rest) => rest.direction == Direction::Out,
+            EndpointConfig::Amqp(a) => a.direction == Direction::Out,
             EndpointConfig::CrmStore(_) => true,
         }
     }
@@ -616,6 +687,12 @@ impl EndpointConfig {
                 .bearer_token_env
                 .as_deref()
                 .map(|var| ("bearer_token_env", var))
+                .into_iter()
+                .collect(),
+            EndpointConfig::Amqp(a) => a
+                .password_env
+                .as_deref()
+                .map(|var| ("password_env", var))
                 .into_iter()
                 .collect(),
             EndpointConfig::CrmStore(_) => Vec::new(),
@@ -654,6 +731,10 @@ pub struct RouteConfig {
     /// holds only its own lane.
     #[serde(default)]
     pub lane_key: Option<String>,
+    /// Extra headers given to every delivery of this route, for the target adapter's addressing
+    /// (an AMQP routing key's `{kind}`). `dealer_code`, `record_type` and `route` are set by the hub.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
     /// `[retry]`: how often and how patiently deliveries are retried before they are parked.
     #[serde(default)]
     pub retry: RetryPolicy,
@@ -1416,6 +1497,9 @@ fn load_endpoint(
         "crm_store" => {
             deserialize_collecting(body, key_path, origins, problems).map(EndpointConfig::CrmStore)
         }
+        "amqp" => {
+            deserialize_collecting(body, key_path, origins, problems).map(EndpointConfig::Amqp)
+        }
         other => {
             problem(
                 &type_path,
@@ -1697,6 +1781,73 @@ impl Settings {
                 }
             },
             EndpointConfig::CrmStore(_) => {}
+            EndpointConfig::Amqp(a) => self.validate_amqp(&at, a, problem),
+        }
+    }
+
+    fn validate_amqp(&self, at: &str, a: &AmqpEndpoint, problem: &mut impl FnMut(String, String)) {
+        if !(a.url.starts_with("amqp://") || a.url.starts_with("amqps://")) {
+            problem(
+                format!("{at}.url"),
+                "must start with amqp:// or amqps://".into(),
+            );
+        }
+        if self.profile == Profile::Production && a.url.contains("guest:guest@") {
+            problem(
+                format!("{at}.url"),
+                "uses RabbitMQ's public guest/guest credential; the production profile refuses \
+                 demo credentials (name the password's variable in password_env)"
+                    .into(),
+            );
+        }
+        if a.confirm_timeout_ms == 0 {
+            problem(
+                format!("{at}.confirm_timeout_ms"),
+                "must be at least 1".into(),
+            );
+        }
+        match a.direction {
+            Direction::In => {
+                if a.prefetch == 0 {
+                    problem(format!("{at}.prefetch"), "must be at least 1".into());
+                }
+                if a.routing_key.is_some() {
+                    problem(
+                        format!("{at}.routing_key"),
+                        "only applies to direction out".into(),
+                    );
+                }
+                for (i, q) in a.queues.iter().flatten().enumerate() {
+                    for (field, v) in [
+                        ("queue", &q.queue),
+                        ("routing_key", &q.routing_key),
+                        ("record_type", &q.record_type),
+                    ] {
+                        if v.trim().is_empty() {
+                            problem(
+                                format!("{at}.queues[{i}].{field}"),
+                                "must not be empty".into(),
+                            );
+                        }
+                    }
+                }
+            }
+            Direction::Out => {
+                if a.queues.is_some() {
+                    problem(
+                        format!("{at}.queues"),
+                        "only applies to direction in".into(),
+                    );
+                }
+                if let Some(k) = &a.routing_key
+                    && k.matches('{').count() != k.matches('}').count()
+                {
+                    problem(
+                        format!("{at}.routing_key"),
+                        "unbalanced `{` / `}` in the template".into(),
+                    );
+                }
+            }
         }
     }
 

@@ -93,6 +93,36 @@ impl EndpointStates {
         });
     }
 
+    /// A connection-oriented adapter (AMQP) reports its link: up, or down with the reason. This
+    /// is the endpoint's real state, whatever single deliveries see.
+    pub fn connection(&self, id: &str, result: Result<(), String>) {
+        self.update(id, |st| match result {
+            Ok(()) => {
+                st.state = "up";
+                st.last_contact_ms = Some(now_ms());
+                st.consecutive_failures = 0;
+            }
+            Err(e) => {
+                if st.state != "down" {
+                    metrics::counter!(crate::telemetry::metrics_names::DISCONNECTS, "endpoint" => id.to_string())
+                        .increment(1);
+                }
+                st.state = "down";
+                st.consecutive_failures += 1;
+                st.last_error = Some(e);
+            }
+        });
+    }
+
+    /// A delivery failed for a reason of its own (an unroutable message) while the partner is
+    /// connected: the error is shown, the state is left to the connection's reports.
+    pub fn note_error(&self, id: &str, error: String) {
+        self.update(id, |st| {
+            st.last_traffic_ms = Some(now_ms());
+            st.last_error = Some(error);
+        });
+    }
+
     pub fn get(&self, id: &str) -> Option<EndpointState> {
         self.inner.lock().ok().and_then(|g| g.get(id).cloned())
     }

@@ -25,6 +25,8 @@ pub mod metrics_names {
     pub const RETRIED: &str = "hub_deliveries_retried_total";
     /// Gauge per endpoint: 0 when it is down (transient failures in a row), 1 otherwise.
     pub const ENDPOINT_UP: &str = "hub_endpoint_up";
+    /// Connections of connection-oriented endpoints (AMQP) lost, by endpoint.
+    pub const DISCONNECTS: &str = "hub_endpoint_disconnects_total";
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -128,13 +128,16 @@ pub fn customer_event(id: &str, up: &Upserted, src: &ChangeSource) -> ChangeEven
         .map(str::to_string);
     ChangeEvent {
         record_type: "customer_event",
-        dealer_code,
+        dealer_code: dealer_code.clone(),
         body: json!({
             "event": if up.created { "customer.created" } else { "customer.updated" },
             "customer_id": id,
             "version": up.version,
             "changed_fields": up.changed.iter().filter(|f| *f != "source_ref").collect::<Vec<_>>(),
             "source_system": src.system,
+            // The serving dealer at top level: routes address the DMS by it and the journal
+            // indexes the event under it.
+            "dealer_code": dealer_code,
             "customer": customer,
         }),
     }

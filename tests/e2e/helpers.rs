@@ -80,6 +80,11 @@ impl Drop for PgDb {
     }
 }
 
+/// A fresh name prefix for a hub's AMQP topology, unless the test fixed one.
+pub fn amqp_prefix() -> String {
+    format!("t{}.", &uuid::Uuid::now_v7().simple().to_string()[20..])
+}
+
 /// Which store a test runs on.
 #[derive(Debug, Clone, Copy)]
 pub enum Backend {
@@ -128,6 +133,8 @@ pub struct TestHub {
     pub store_url: String,
     pub client: reqwest::Client,
     pub store: Store,
+    /// Prefix of this hub's AMQP exchange and queue names.
+    pub amqp_prefix: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     _pg: Option<PgDb>,
@@ -161,6 +168,19 @@ impl TestHub {
             ("SYNCHUB__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
             ("SYNCHUB__DISPATCH__IDLE_POLL_MS".into(), "50".into()),
         ];
+        // Each hub gets its own exchanges and queues on the shared broker, so parallel tests
+        // never consume each other's messages; the broker drops the queues when they idle.
+        let prefix = amqp_prefix();
+        for ep in ["DMS_AMQP_OUT", "DMS_AMQP_IN"] {
+            vars.push((
+                format!("SYNCHUB__ENDPOINTS__{ep}__NAME_PREFIX"),
+                prefix.clone(),
+            ));
+        }
+        vars.push((
+            "SYNCHUB__ENDPOINTS__DMS_AMQP_IN__QUEUE_EXPIRES_MS".into(),
+            "600000".into(),
+        ));
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let settings = Settings::load(&config.config_dir(), Profile::Local, &vars)
             .unwrap_or_else(|p| panic!("test settings rejected: {p:#?}"));
@@ -182,6 +202,7 @@ impl TestHub {
             store_url,
             client: reqwest::Client::new(),
             store,
+            amqp_prefix: prefix,
             stop: Some(tx),
             task: Some(task),
             _pg: pg,

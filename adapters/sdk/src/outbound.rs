@@ -84,6 +84,13 @@ pub trait Outbound: Send + Sync {
     /// Exactly one attempt. Must not retry internally and must not panic on partner garbage.
     async fn deliver(&self, delivery: &Delivery) -> Outcome;
 
+    /// For adapters that hold a connection (AMQP): whether it is up right now. Such adapters
+    /// report their connection state themselves, so a `Retry` of one delivery (an unroutable
+    /// message) does not mark a connected partner down. `None`: request/response adapters.
+    fn is_connected(&self) -> Option<bool> {
+        None
+    }
+
     /// Mimics the real operation without side effects; feeds the endpoint's state on the dashboard.
     async fn healthcheck(&self) -> Result<(), AdapterError> {
         Ok(())

@@ -394,6 +394,9 @@ fn amqp_config(id: &str, a: &AmqpEndpoint) -> anyhow::Result<AmqpConfig> {
     };
     let mut cfg = AmqpConfig::new(id, url);
     let p = &a.name_prefix;
+    if !p.is_empty() {
+        cfg.connection_name = format!("synchub:{id}:{p}");
+    }
     for name in [
         &mut cfg.dealer_exchange,
         &mut cfg.inbound_exchange,

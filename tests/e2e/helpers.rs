@@ -80,9 +80,67 @@ impl Drop for PgDb {
     }
 }
 
+/// Pass as an env key (any value) to `spawn_with` to start without the catch-all DMS queue.
+pub const NO_DMS_QUEUES: &str = "TEST_NO_DMS_QUEUES";
+
 /// A fresh name prefix for a hub's AMQP topology, unless the test fixed one.
 pub fn amqp_prefix() -> String {
     format!("t{}.", &uuid::Uuid::now_v7().simple().to_string()[20..])
+}
+
+/// The RabbitMQ the machine runs; tests fail loudly if it is missing.
+pub fn amqp_url() -> String {
+    std::env::var("SYNCHUB_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A client connection to the broker, as a DMS has.
+pub async fn amqp_client() -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ is required on {} for this test and is not reachable: {e}",
+                amqp_url()
+            )
+        });
+    let ch = conn.create_channel().await.expect("AMQP channel");
+    (conn, ch)
+}
+
+/// Declares the hub's dealer exchange (as the hub does) and a DMS queue `<prefix><name>`
+/// bound to it with `key`; the queue expires when idle.
+pub async fn dms_queue(ch: &lapin::Channel, prefix: &str, name: &str, key: &str) -> String {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let exchange = format!("{prefix}synchub.dealer");
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare the dealer exchange");
+    let q = format!("{prefix}{name}");
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
+    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
+        .await
+        .expect("declare DMS queue");
+    ch.queue_bind(
+        q.as_str().into(),
+        exchange.as_str().into(),
+        key.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind DMS queue");
+    q
 }
 
 /// Which store a test runs on.
@@ -182,6 +240,13 @@ impl TestHub {
             "600000".into(),
         ));
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        // Every dealer's DMS is "online" unless the test says otherwise: customer change events
+        // then deliver instead of retrying as unroutable.
+        if !env.iter().any(|(k, _)| *k == NO_DMS_QUEUES) {
+            let (_conn, ch) = amqp_client().await;
+            dms_queue(&ch, &prefix, "dms.all", "dealer.#").await;
+        }
+        vars.retain(|(k, _)| k != NO_DMS_QUEUES);
         let settings = Settings::load(&config.config_dir(), Profile::Local, &vars)
             .unwrap_or_else(|p| panic!("test settings rejected: {p:#?}"));
         let app = Application::build(settings)

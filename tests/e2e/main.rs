@@ -4,6 +4,7 @@
 // Test helpers are `pub` for the sibling modules of this one test crate.
 #![allow(unreachable_pub)]
 
+mod amqp;
 mod crm;
 mod dispatch;
 mod helpers;

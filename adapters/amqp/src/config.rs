@@ -68,13 +68,18 @@ pub struct AmqpConfig {
     pub reconnect_max: Duration,
     /// The `system` of the principal inbound messages are journaled under (`dms`).
     pub system: String,
+    /// Shown by `rabbitmqctl list_connections` and the management UI, so a broker operator
+    /// can tell which hub endpoint a connection belongs to.
+    pub connection_name: String,
 }
 
 impl AmqpConfig {
     /// The reference deployment's names (INTERFACES §3) for `url`.
     pub fn new(endpoint: impl Into<String>, url: impl Into<String>) -> AmqpConfig {
+        let endpoint = endpoint.into();
         AmqpConfig {
-            endpoint: endpoint.into(),
+            connection_name: format!("synchub:{endpoint}"),
+            endpoint,
             url: url.into(),
             dealer_exchange: "synchub.dealer".into(),
             inbound_exchange: "synchub.inbound".into(),

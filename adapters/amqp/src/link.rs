@@ -186,7 +186,7 @@ impl Link {
 
     async fn connect(&self) -> Result<Connection, String> {
         let props = ConnectionProperties::default()
-            .with_connection_name(format!("synchub:{}", self.cfg.endpoint).into());
+            .with_connection_name(self.cfg.connection_name.as_str().into());
         let conn = Connection::connect(&self.cfg.url, props)
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", self.cfg.redacted_url()))?;

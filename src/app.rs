@@ -11,6 +11,7 @@ use anyhow::{Context, anyhow};
 use synchub_adapter_amqp::{AmqpConfig, AmqpInbound, AmqpOutbound, Link, LinkEvent};
 use synchub_adapter_rest::{ApiKey, InboundConfig, RestOutbound, RestOutboundConfig};
 use synchub_adapter_sdk::{Inbox, Outbound, Principal};
+use synchub_adapter_soap::{SoapInboundConfig, SoapOutbound, SoapOutboundConfig};
 use synchub_transform::jq::Mappings;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
@@ -36,6 +37,7 @@ pub struct Application {
     dispatch_enabled: bool,
     links: Vec<Arc<Link>>,
     consumers: Vec<Arc<AmqpInbound>>,
+    sftp: Arc<crate::sftp::SftpEndpoints>,
 }
 
 /// Drops raw payloads of finished messages after the retention period, on a cron schedule.
@@ -137,6 +139,8 @@ pub struct Assembled {
     pub links: Vec<Arc<Link>>,
     /// AMQP consumers to run while running.
     pub consumers: Vec<Arc<AmqpInbound>>,
+    /// SFTP endpoints; the enabled inbound ones poll while running.
+    pub sftp: Arc<crate::sftp::SftpEndpoints>,
 }
 
 impl Application {
@@ -156,6 +160,7 @@ impl Application {
             dispatch_enabled: a.dispatch_enabled,
             links: a.links,
             consumers: a.consumers,
+            sftp: a.sftp,
         })
     }
 
@@ -211,6 +216,7 @@ impl Application {
         let mut endpoint_kinds = Vec::new();
         let mut links = Vec::new();
         let mut consumers = Vec::new();
+        let mut sftp = crate::sftp::SftpEndpoints::default();
         let link_status = status.clone();
         let observer: synchub_adapter_amqp::Observer = Arc::new(move |id, ev| match ev {
             LinkEvent::Up => link_status.connection(id, Ok(())),
@@ -218,6 +224,55 @@ impl Application {
         });
         for (id, ep) in &settings.endpoints {
             match ep {
+                EndpointConfig::Soap(x) if x.direction == Direction::Out => {
+                    let password = secret_from_env(&x.password_env)?.unwrap_or_default();
+                    let mut cfg = SoapOutboundConfig::new(
+                        x.url.clone().unwrap_or_default(),
+                        x.username.clone().unwrap_or_default(),
+                        password,
+                    );
+                    cfg.timeout_ms = x.timeout_ms;
+                    let out = SoapOutbound::new(cfg)
+                        .with_context(|| format!("Failed to build endpoint {id}"))?;
+                    outbounds.insert(id.clone(), Arc::new(out));
+                    endpoint_kinds.push((id.clone(), "soap out".to_string()));
+                }
+                EndpointConfig::Soap(x) => {
+                    let mut cfg = SoapInboundConfig::new(id.clone());
+                    cfg.max_body_bytes = x.max_body_bytes;
+                    cfg.public_url = x.public_url.clone();
+                    for u in &settings.auth.soap_users {
+                        let password = match (&u.password, &u.password_env) {
+                            (Some(p), _) => p.clone(),
+                            (None, Some(var)) => settings
+                                .secrets
+                                .get(var)
+                                .map(|s| secrecy::ExposeSecret::expose_secret(s).to_string())
+                                .with_context(|| {
+                                    format!("SOAP user {}: {var} is not set", u.username)
+                                })?,
+                            (None, None) => continue,
+                        };
+                        cfg = cfg.with_user(
+                            &u.username,
+                            &password,
+                            Principal {
+                                system: u.system.clone(),
+                                dealer_code: None,
+                            },
+                        );
+                    }
+                    let problems = cfg.validate();
+                    if !problems.is_empty() {
+                        return Err(problems_to_error(
+                            &format!("Endpoint {id} rejected"),
+                            &problems,
+                        ));
+                    }
+                    let inbox: Arc<dyn Inbox> = pipeline.clone();
+                    partner_routes = partner_routes.merge(synchub_adapter_soap::router(cfg, inbox));
+                    endpoint_kinds.push((id.clone(), "soap in".to_string()));
+                }
                 EndpointConfig::Amqp(a) => {
                     let link = Link::new(amqp_config(id, a)?, Some(observer.clone()));
                     links.push(link.clone());
@@ -264,12 +319,20 @@ impl Application {
                     partner_routes = partner_routes.merge(synchub_adapter_rest::router(cfg, inbox));
                     endpoint_kinds.push((id.clone(), "rest in".to_string()));
                 }
+                EndpointConfig::Sftp(s) => {
+                    endpoint_kinds.push((id.clone(), crate::sftp::kind(s).to_string()));
+                    let inbox: Arc<dyn Inbox> = pipeline.clone();
+                    if let Some(out) = sftp.add(id, s, &settings, inbox, &store, status.clone()) {
+                        outbounds.insert(id.clone(), out);
+                    }
+                }
                 EndpointConfig::CrmStore(c) => {
                     crm.insert(id.clone(), c.key_field_approval);
                     endpoint_kinds.push((id.clone(), "crm store".to_string()));
                 }
             }
         }
+        let sftp = Arc::new(sftp);
         let dispatcher = Arc::new(Dispatcher::new(
             store.clone(),
             pipeline.clone(),
@@ -287,6 +350,7 @@ impl Application {
             route_ids: Arc::new(routes.routes().iter().map(|r| r.id.clone()).collect()),
             endpoints: Arc::new(endpoint_kinds),
             endpoint_state: status,
+            sftp: sftp.clone(),
         };
         let router = crate::http::router(state, partner_routes)
             .layer(CatchPanicLayer::new())
@@ -306,6 +370,7 @@ impl Application {
             dispatch_enabled: settings.dispatch.enabled,
             links,
             consumers,
+            sftp,
         })
     }
 
@@ -346,6 +411,7 @@ impl Application {
             .iter()
             .map(|c| tokio::spawn(c.clone().run(stop_rx.clone())))
             .collect();
+        let pollers = self.sftp.spawn(&stop_rx);
         let dispatcher = if self.dispatch_enabled {
             tokio::spawn(self.dispatcher.clone().run(stop_rx.clone()))
         } else {
@@ -373,6 +439,9 @@ impl Application {
         let _ = dispatcher.await;
         for c in consumers {
             let _ = c.await;
+        }
+        for p in pollers {
+            let _ = p.await;
         }
         let _ = link_stop_tx.send(true);
         for l in links {

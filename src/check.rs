@@ -283,7 +283,14 @@ mod tests {
         let settings = Settings::load(&config, Profile::Local, &[]).unwrap();
         assert_eq!(settings.auth.api_keys.len(), 7);
         assert_eq!(settings.auth.operators.len(), 2);
-        assert_eq!(settings.routes.len(), 4);
+        let route_files = std::fs::read_dir(settings.routes_dir())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "toml"))
+            })
+            .count();
+        assert_eq!(settings.routes.len(), route_files, "every route file loads");
         assert!(settings.endpoints.contains_key("partners_rest_in"));
         assert!(settings.endpoints.contains_key("crm_store"));
     }

@@ -9,6 +9,7 @@
 //! - `pipeline`: the `Inbox` adapters hand submissions to: validate, map, route, journal.
 //! - `dispatch`: claims due deliveries, calls outbound adapters, retries, parks.
 //! - `crm`: the CRM store sink (upserts, history, matching, approvals, change events).
+//! - `sftp`: SFTP endpoints: adapter configs, the store-backed file ledger, poll scheduling.
 //! - `status`: live endpoint state (up, degraded, down; last contact and error).
 //! - `http`: ops API, CRM read API, health and metrics.
 //! - `app`: builds and runs the whole hub (shared by `main` and the tests).
@@ -23,6 +24,7 @@ pub mod http;
 pub mod pipeline;
 pub mod routing;
 pub mod settings;
+pub mod sftp;
 pub mod status;
 pub mod store;
 pub mod telemetry;

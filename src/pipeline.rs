@@ -496,6 +496,30 @@ fn id_rule(record_type: &str, rec: &Value) -> Option<IdRule> {
     })
 }
 
+/// The texts of elements named `local` (any prefix) in an XML body, found by a plain scan:
+/// refused bodies may be malformed, so no parser is trusted with them.
+fn xml_element_texts<'a>(body: &'a [u8], local: &'a str) -> impl Iterator<Item = String> + 'a {
+    let text = String::from_utf8_lossy(body).into_owned();
+    let mut found = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(lt) = rest.find('<') {
+        rest = &rest[lt + 1..];
+        let Some(gt) = rest.find('>') else { break };
+        let tag = &rest[..gt];
+        let name = tag.split_whitespace().next().unwrap_or_default();
+        let name = name.rsplit(':').next().unwrap_or_default();
+        if name == local && !tag.starts_with('/') && !tag.ends_with('/') {
+            let after = &rest[gt + 1..];
+            let value = after[..after.find('<').unwrap_or(after.len())].trim();
+            if !value.is_empty() && value.len() <= 64 {
+                found.push(value.to_string());
+            }
+        }
+        rest = &rest[gt + 1..];
+    }
+    found.into_iter()
+}
+
 /// Business keys found in a record (top level and one level down, e.g. `owner.mobile`).
 pub(crate) fn collect_keys(v: &Value, out: &mut Vec<(&'static str, String)>) {
     fn walk(map: &Map<String, Value>, out: &mut Vec<(&'static str, String)>, depth: u8) {
@@ -570,10 +594,16 @@ impl Inbox for Pipeline {
         let mut keys = Vec::new();
         // Refused bodies are still findable by the keys inside them (a 403'd record by its
         // source_ref), as long as they parse and are small enough to look into cheaply.
-        if envelope.body.len() <= 1 << 20
-            && let Ok(v) = serde_json::from_slice::<Value>(&envelope.body)
-        {
-            collect_keys(&v, &mut keys);
+        if envelope.body.len() <= 1 << 20 {
+            if let Ok(v) = serde_json::from_slice::<Value>(&envelope.body) {
+                collect_keys(&v, &mut keys);
+            } else if envelope.content_type == synchub_adapter_sdk::ContentType::Xml {
+                // A refused SOAP batch is found by the VINs in it (OSM asks "what became of
+                // this car?" whatever the batch's problem was).
+                for vin in xml_element_texts(&envelope.body, "vin").take(5000) {
+                    keys.push(("vin", vin.to_ascii_uppercase()));
+                }
+            }
             keys.sort();
             keys.dedup();
         }

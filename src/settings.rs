@@ -456,6 +456,28 @@ pub struct AuthSettings {
     /// Operators of the ops API and dashboard, one `[[auth.operators]]` each.
     #[serde(default)]
     pub operators: Vec<OperatorConfig>,
+    /// WS-Security UsernameToken accounts of the inbound SOAP services, one `[[auth.soap_users]]`
+    /// each. The password is needed in clear (PasswordDigest is checked against it), so
+    /// deployments name the variable holding it in `password_env`.
+    #[serde(default)]
+    pub soap_users: Vec<SoapUserConfig>,
+}
+
+/// One SOAP account.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoapUserConfig {
+    /// `wsse:Username` as the partner sends it.
+    pub username: String,
+    /// The password written out: for the local profile's demo account only (the production
+    /// profile refuses demo credentials).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Name of the environment variable holding the password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// The partner system this account is (`osm`).
+    pub system: String,
 }
 
 /// One partner API key. Only its hash is configured, so a leaked file leaks no key.
@@ -527,6 +549,130 @@ pub enum EndpointConfig {
     /// `type = "amqp"`: RabbitMQ; `out` publishes to the dealer exchange, `in` consumes the
     /// inbound queues (INTERFACES §3).
     Amqp(AmqpEndpoint),
+    /// `type = "sftp"`: a partner's SFTP server; `in` polls a directory for CSV files, `out`
+    /// writes files (INTERFACES §4).
+    Sftp(SftpEndpoint),
+    /// `type = "soap"`: `in` serves the OSM vehicle service (IF-01); `out` calls DCS
+    /// `PublishCampaignTask` (IF-07).
+    Soap(SoapEndpoint),
+}
+
+/// `type = "soap"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoapEndpoint {
+    pub direction: Direction,
+    /// `in`: largest request accepted, in bytes.
+    #[serde(default = "default_soap_max_body")]
+    pub max_body_bytes: usize,
+    /// `in`: the address written into the served WSDL; unset, it comes from the request's Host.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// `out`: the partner's service URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `out`: time allowed for one attempt.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// `out`: WS-Security UsernameToken user.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// `out`: name of the environment variable holding that user's password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+fn default_soap_max_body() -> usize {
+    50 << 20
+}
+
+/// `type = "sftp"`. The hub is the SFTP client; the fields map onto the adapter's `SftpConfig`
+/// (`in`) and `SftpOutboundConfig` (`out`), see `src/sftp.rs` and `adapters/sftp/README.md`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftpEndpoint {
+    /// `in`: the hub polls `dir` for files; `out`: deliveries are written into `dir`.
+    pub direction: Direction,
+    /// A disabled endpoint is loaded and checked but never connected or polled; it shows as
+    /// `disabled` in `GET /api/v1/endpoints`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    pub host: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    pub user: String,
+    /// OpenSSH private key file (ed25519 or RSA).
+    pub private_key_file: std::path::PathBuf,
+    /// OpenSSH known_hosts file with the server's host key; an unknown or changed key refuses
+    /// the connection.
+    pub known_hosts_file: std::path::PathBuf,
+    /// Name of the environment variable holding the private key's passphrase, if it has one.
+    #[serde(default)]
+    pub passphrase_env: Option<String>,
+    /// Absolute remote directory.
+    pub dir: String,
+    /// Time allowed for each SFTP operation (connect, list, read, rename).
+    #[serde(default = "default_sftp_timeout_ms")]
+    pub timeout_ms: u64,
+    /// `in`: the partner system the files come from (`osm`, `dms`); it scopes `source_ref`
+    /// de-duplication and is recorded as the records' source.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// `in`: file name glob (`*`, `?`).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// `in`: poll schedule, 5-field cron in UTC (default every 5 minutes).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// `in`: a file without marker is taken once size and mtime were unchanged this long.
+    #[serde(default)]
+    pub stable_secs: Option<u64>,
+    /// `in`: marker suffix (default `.ok`).
+    #[serde(default)]
+    pub marker_suffix: Option<String>,
+    /// `in`: take a file only when its marker exists.
+    #[serde(default)]
+    pub require_marker: Option<bool>,
+    /// `in`: `utf-8` (default) or `gb18030`.
+    #[serde(default)]
+    pub charset: Option<synchub_adapter_sftp::Charset>,
+    /// `in`: CSV delimiter (default `,`).
+    #[serde(default)]
+    pub delimiter: Option<char>,
+    /// `in`: rows per journaled batch (default 500); the resume granularity after a crash.
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// `in`: record type of every row; routes match on it.
+    #[serde(default)]
+    pub record_type: Option<String>,
+    /// `in`: header columns a file must have, else it goes to `error/`.
+    #[serde(default)]
+    pub required_columns: Vec<String>,
+    /// `in`: column prefixes folded into a nested object before validation:
+    /// `owner_name`, `owner_mobile` with `["owner_"]` become `owner: {name, mobile}`.
+    #[serde(default)]
+    pub nest_prefixes: Vec<String>,
+    /// `in`: this hub's name in the file ledger (default: the host name). Set distinct values
+    /// when several hub instances share one host and one database.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// `out`: file name prefix (`<prefix>_<message_id>.csv`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// `out`: replace an existing file of the same name (default false).
+    #[serde(default)]
+    pub overwrite: Option<bool>,
+    /// `out`: write `<prefix>_<message_id>.manifest.json` after each data file (default false).
+    #[serde(default)]
+    pub manifest: Option<bool>,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
+fn default_sftp_timeout_ms() -> u64 {
+    10_000
 }
 
 /// `type = "amqp"`.
@@ -650,7 +796,7 @@ impl Default for CrmStoreEndpoint {
 
 impl EndpointConfig {
     /// The `type` value of each kind, in variant order.
-    pub const TYPES: [&'static str; 3] = ["rest", "crm_store", "amqp"];
+    pub const TYPES: [&'static str; 5] = ["rest", "crm_store", "amqp", "sftp", "soap"];
 
     /// The `type` value of this endpoint.
     pub fn type_name(&self) -> &'static str {
@@ -658,6 +804,8 @@ impl EndpointConfig {
             EndpointConfig::Rest(_) => "rest",
             EndpointConfig::CrmStore(_) => "crm_store",
             EndpointConfig::Amqp(_) => "amqp",
+            EndpointConfig::Sftp(_) => "sftp",
+            EndpointConfig::Soap(_) => "soap",
         }
     }
 
@@ -667,6 +815,8 @@ impl EndpointConfig {
         match self {
             EndpointConfig::Rest(rest) => rest.direction == Direction::In,
             EndpointConfig::Amqp(a) => a.direction == Direction::In,
+            EndpointConfig::Sftp(s) => s.direction == Direction::In,
+            EndpointConfig::Soap(x) => x.direction == Direction::In,
             EndpointConfig::CrmStore(_) => true,
         }
     }
@@ -676,6 +826,8 @@ impl EndpointConfig {
         match self {
             EndpointConfig::Rest(rest) => rest.direction == Direction::Out,
             EndpointConfig::Amqp(a) => a.direction == Direction::Out,
+            EndpointConfig::Sftp(s) => s.direction == Direction::Out,
+            EndpointConfig::Soap(x) => x.direction == Direction::Out,
             EndpointConfig::CrmStore(_) => true,
         }
     }
@@ -690,6 +842,20 @@ impl EndpointConfig {
                 .into_iter()
                 .collect(),
             EndpointConfig::Amqp(a) => a
+                .password_env
+                .as_deref()
+                .map(|var| ("password_env", var))
+                .into_iter()
+                .collect(),
+            // A disabled endpoint never logs in, so its secret need not be set.
+            EndpointConfig::Sftp(s) => s
+                .passphrase_env
+                .as_deref()
+                .filter(|_| s.enabled)
+                .map(|var| ("passphrase_env", var))
+                .into_iter()
+                .collect(),
+            EndpointConfig::Soap(x) => x
                 .password_env
                 .as_deref()
                 .map(|var| ("password_env", var))
@@ -1042,6 +1208,16 @@ impl Settings {
         }
         normalise_hashes(&mut settings.auth);
 
+        for var in settings
+            .auth
+            .soap_users
+            .iter()
+            .filter_map(|u| u.password_env.clone())
+        {
+            if let Some(value) = env_lookup(env, &var).filter(|v| !v.is_empty()) {
+                settings.secrets.insert(var, value);
+            }
+        }
         for endpoint in settings.endpoints.values() {
             for (_, var) in endpoint.secret_env_vars() {
                 if let Some(value) = env_lookup(env, var).filter(|v| !v.is_empty()) {
@@ -1500,6 +1676,12 @@ fn load_endpoint(
         "amqp" => {
             deserialize_collecting(body, key_path, origins, problems).map(EndpointConfig::Amqp)
         }
+        "soap" => {
+            deserialize_collecting(body, key_path, origins, problems).map(EndpointConfig::Soap)
+        }
+        "sftp" => {
+            deserialize_collecting(body, key_path, origins, problems).map(EndpointConfig::Sftp)
+        }
         other => {
             problem(
                 &type_path,
@@ -1601,6 +1783,37 @@ impl Settings {
             .map(|credential| (sha256_hex(credential), *credential))
             .collect();
         let production = self.profile == Profile::Production;
+
+        for (i, u) in self.auth.soap_users.iter().enumerate() {
+            let at = format!("auth.soap_users[{i}]");
+            match (&u.password, &u.password_env) {
+                (Some(_), Some(_)) | (None, None) => problem(
+                    format!("{at}.password_env"),
+                    "set exactly one of password (local demo only) and password_env".into(),
+                ),
+                (Some(pw), None) if production && DEMO_CREDENTIALS.contains(&pw.as_str()) => {
+                    problem(
+                        format!("{at}.password"),
+                        format!(
+                            "SOAP user `{}` uses a public demo credential; the production profile \
+                             refuses demo credentials",
+                            u.username
+                        ),
+                    )
+                }
+                (Some(_), None) if production => problem(
+                    format!("{at}.password"),
+                    "passwords are not written in files in production: name the variable in \
+                     password_env"
+                        .into(),
+                ),
+                (None, Some(var)) if !self.secrets.contains(var) => problem(
+                    format!("{at}.password_env"),
+                    format!("missing secret: environment variable {var} is not set"),
+                ),
+                _ => {}
+            }
+        }
 
         let mut names = BTreeSet::new();
         let mut hashes = BTreeSet::new();
@@ -1782,6 +1995,62 @@ impl Settings {
             },
             EndpointConfig::CrmStore(_) => {}
             EndpointConfig::Amqp(a) => self.validate_amqp(&at, a, problem),
+            EndpointConfig::Soap(x) => Self::validate_soap(&at, x, problem),
+            EndpointConfig::Sftp(s) => {
+                for (field, message) in crate::sftp::config_problems(id, s) {
+                    problem(format!("{at}.{field}"), message);
+                }
+            }
+        }
+    }
+
+    fn validate_soap(at: &str, x: &SoapEndpoint, problem: &mut impl FnMut(String, String)) {
+        match x.direction {
+            Direction::Out => {
+                match x.url.as_deref() {
+                    None => problem(format!("{at}.url"), "required for direction out".into()),
+                    Some(url) => {
+                        if let Err(e) = check_http_url(url) {
+                            problem(format!("{at}.url"), e);
+                        }
+                    }
+                }
+                if x.timeout_ms == 0 {
+                    problem(format!("{at}.timeout_ms"), "must be at least 1".into());
+                }
+                // DCS authenticates every call with a WS-Security UsernameToken.
+                for (field, set) in [
+                    ("username", x.username.is_some()),
+                    ("password_env", x.password_env.is_some()),
+                ] {
+                    if !set {
+                        problem(
+                            format!("{at}.{field}"),
+                            "required for direction out (WS-Security UsernameToken)".into(),
+                        );
+                    }
+                }
+            }
+            Direction::In => {
+                if x.max_body_bytes < 1024 {
+                    problem(
+                        format!("{at}.max_body_bytes"),
+                        "must be at least 1024".into(),
+                    );
+                }
+                for (field, set) in [
+                    ("url", x.url.is_some()),
+                    ("username", x.username.is_some()),
+                    ("password_env", x.password_env.is_some()),
+                ] {
+                    if set {
+                        problem(
+                            format!("{at}.{field}"),
+                            "only applies to direction out".into(),
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -2316,6 +2585,8 @@ mod tests {
         let bodies = [
             "type = \"rest\"\ndirection = \"out\"\nurl = \"http://x\"\nheaders = { a = \"b\" }\nmethod = \"PUT\"\n",
             "type = \"crm_store\"\nkey_field_approval = false\n",
+            "type = \"amqp\"\ndirection = \"in\"\nurl = \"amqp://h\"\nprefetch = 8\nqueues = [{ queue = \"q\", routing_key = \"k\", record_type = \"lead_result\" }]\n",
+            "type = \"sftp\"\ndirection = \"in\"\nhost = \"h\"\nuser = \"u\"\nprivate_key_file = \"k\"\nknown_hosts_file = \"kh\"\ndir = \"/d\"\npattern = \"*.csv\"\ncharset = \"gb18030\"\nnest_prefixes = [\"owner_\"]\n",
         ];
         let mut seen = BTreeSet::new();
         for body in bodies {

@@ -27,6 +27,15 @@ pub mod metrics_names {
     pub const ENDPOINT_UP: &str = "hub_endpoint_up";
     /// Connections of connection-oriented endpoints (AMQP) lost, by endpoint.
     pub const DISCONNECTS: &str = "hub_endpoint_disconnects_total";
+    /// SFTP polls run (scheduled and manual), by endpoint.
+    pub const SFTP_POLLS: &str = "hub_sftp_polls_total";
+    /// Files an SFTP poll worked on, by endpoint and outcome archived | already_done | failed |
+    /// busy | left_in_place.
+    pub const SFTP_FILES: &str = "hub_sftp_files_total";
+    /// Rows of archived SFTP files, by endpoint and outcome accepted | rejected.
+    pub const SFTP_ROWS: &str = "hub_sftp_rows_total";
+    /// SFTP polls that failed as a whole plus per-file problems, by endpoint.
+    pub const SFTP_POLL_ERRORS: &str = "hub_sftp_poll_errors_total";
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();

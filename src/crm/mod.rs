@@ -429,7 +429,42 @@ async fn apply_one(
                 events: vec![],
             })
         }
-        "vehicle" | "dealer" | "campaign" => {
+        "vehicle" => {
+            let id = need_id()?;
+            let mut events = Vec::new();
+            let dealer = str_field(&rec, "dealer_code");
+            if let Some(owner) = rec.get("owner").and_then(Value::as_object).cloned() {
+                let (customer_id, created) =
+                    owner_customer(conn, unit, &owner, dealer.as_deref(), &src).await?;
+                if let Some(ev) = created {
+                    events.push(ev);
+                }
+                if let Some(cid) = customer_id {
+                    rec.insert("owner_customer_id".into(), Value::String(cid));
+                }
+            }
+            let cols = Columns {
+                dealer_code: dealer,
+                mobile: rec
+                    .get("owner")
+                    .and_then(Value::as_object)
+                    .and_then(|o| str_field(o, "mobile")),
+                ..Default::default()
+            };
+            let up = unit.upsert(conn, "vehicle", &id, &rec, &cols, &src).await?;
+            Ok(Applied {
+                summary: format!(
+                    "vehicle {id} v{}{}",
+                    up.version,
+                    rec.get("owner_customer_id")
+                        .and_then(Value::as_str)
+                        .map(|c| format!(", owner {c}"))
+                        .unwrap_or_default()
+                ),
+                events,
+            })
+        }
+        "dealer" | "campaign" => {
             let id = need_id()?;
             let cols = Columns {
                 dealer_code: str_field(&rec, "dealer_code"),
@@ -447,6 +482,52 @@ async fn apply_one(
             "the CRM store does not take '{other}' records"
         ))),
     }
+}
+
+/// The CRM customer owning a vehicle: matched by mobile, else ID number; created from the
+/// owner's name and contacts when new (its serving dealer is the selling dealer). Returns the
+/// customer id (none for an owner with neither mobile nor ID number: nothing to match or reach
+/// them by) and, for a new customer, its `customer.created` event.
+async fn owner_customer(
+    conn: &mut AnyConnection,
+    unit: &mut Unit,
+    owner: &Map<String, Value>,
+    dealer: Option<&str>,
+    src: &ChangeSource,
+) -> Result<(Option<String>, Option<ChangeEvent>), CrmFailure> {
+    let mobile = str_field(owner, "mobile");
+    let id_no = str_field(owner, "id_no");
+    if mobile.is_none() && id_no.is_none() {
+        return Ok((None, None));
+    }
+    if let Some(cid) = unit
+        .find_customer(conn, mobile.as_deref(), id_no.as_deref())
+        .await?
+    {
+        return Ok((Some(cid), None));
+    }
+    let n = crate::store::journal::reserve(conn, "customer", 1).await?;
+    let cid = format!("C{n:09}");
+    let mut fields = Map::new();
+    for k in ["name", "mobile", "id_no"] {
+        if let Some(v) = owner.get(k) {
+            fields.insert(k.to_string(), v.clone());
+        }
+    }
+    if let Some(d) = dealer {
+        fields.insert("dealer_code".into(), Value::String(d.to_string()));
+    }
+    let cols = Columns {
+        dealer_code: dealer.map(str::to_string),
+        mobile: mobile.clone(),
+        id_no: id_no.clone(),
+        ..Default::default()
+    };
+    let up = unit
+        .upsert(conn, "customer", &cid, &fields, &cols, src)
+        .await?;
+    unit.remember_customer(&cid, mobile.as_deref(), id_no.as_deref());
+    Ok((Some(cid.clone()), Some(customer_event(&cid, &up, src))))
 }
 
 /// Headquarters decides a pending key-field change. Approving applies it (history, version,

@@ -151,6 +151,17 @@ impl Unit {
             .cloned())
     }
 
+    /// Makes a customer created in this unit findable by its mobile and ID number, so a second
+    /// vehicle of the same new owner in the same batch links to it instead of creating another.
+    pub fn remember_customer(&mut self, id: &str, mobile: Option<&str>, id_no: Option<&str>) {
+        if let Some(m) = mobile {
+            self.by_mobile.insert(m.to_string(), id.to_string());
+        }
+        if let Some(n) = id_no {
+            self.by_id_no.insert(n.to_string(), id.to_string());
+        }
+    }
+
     /// The current data of a record, loading it if needed.
     pub async fn get(
         &mut self,

@@ -35,6 +35,8 @@ pub struct AppState {
     /// Endpoint id → kind, for the endpoints view.
     pub endpoints: Arc<Vec<(String, String)>>,
     pub endpoint_state: Arc<EndpointStates>,
+    /// SFTP endpoints: last poll, "poll now", which are disabled.
+    pub sftp: Arc<crate::sftp::SftpEndpoints>,
 }
 
 pub fn router(state: AppState, partner_routes: Router) -> Router {
@@ -46,6 +48,7 @@ pub fn router(state: AppState, partner_routes: Router) -> Router {
         .route("/api/v1/deliveries/{id}/park", post(park_delivery))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/endpoints", get(endpoints))
+        .route("/api/v1/endpoints/{id}/poll", post(poll_endpoint))
         .route("/api/v1/customers", get(customers_by_mobile))
         .route(
             "/api/v1/customers/{id}",
@@ -214,19 +217,61 @@ async fn flows(op: Operator, State(st): State<AppState>) -> Result<Json<Value>, 
 async fn endpoints(_op: Operator, State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut out = Vec::new();
     for (id, kind) in st.endpoints.iter() {
-        let s = st.endpoint_state.get(id).unwrap_or(EndpointState {
+        let mut s = st.endpoint_state.get(id).unwrap_or(EndpointState {
             state: "up",
             ..Default::default()
         });
-        out.push(json!({
+        if st.sftp.is_disabled(id) {
+            s.state = "disabled";
+        }
+        let mut e = json!({
             "id": id,
             "kind": kind,
             "state": s.state,
             "last_contact": s.last_contact_ms.and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339()),
             "last_error": s.last_error,
-        }));
+        });
+        if let Some(ep) = st.sftp.inbound(id) {
+            let mut last = ep.last_poll_json();
+            last["ledger"] = crate::sftp::recent_files(&st.store, id).await?.into();
+            e["last_poll"] = last;
+        }
+        out.push(e);
     }
     Ok(Json(json!({"endpoints": out})))
+}
+
+/// Polls an inbound SFTP endpoint now and answers with the poll's report. Headquarters only:
+/// a poll moves partner files.
+async fn poll_endpoint(
+    op: Operator,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !op.is_admin() {
+        return Err(ApiError::forbidden("only headquarters may poll endpoints"));
+    }
+    if st.sftp.is_disabled(&id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "endpoint_disabled",
+            format!("endpoint {id} is disabled (enabled = false)"),
+        ));
+    }
+    let ep = st
+        .sftp
+        .inbound(&id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(format!("inbound SFTP endpoint {id}")))?;
+    tracing::info!(operator = %op.user, endpoint = %id, "Poll requested.");
+    match ep.poll_now().await {
+        Ok(report) => Ok(Json(serde_json::to_value(report).unwrap_or_default())),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "poll_failed",
+            e.to_string(),
+        )),
+    }
 }
 
 async fn get_entity(

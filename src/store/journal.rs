@@ -212,7 +212,11 @@ pub async fn insert_delivery(
 }
 
 /// Reserves `n` consecutive values of a named counter and returns the first.
-async fn reserve(conn: &mut AnyConnection, name: &str, n: i64) -> Result<i64, StoreError> {
+pub(crate) async fn reserve(
+    conn: &mut AnyConnection,
+    name: &str,
+    n: i64,
+) -> Result<i64, StoreError> {
     let row = sqlx::query(
         "INSERT INTO counters (name, value) VALUES ($1, $2) \
          ON CONFLICT (name) DO UPDATE SET value = counters.value + $2 RETURNING value",

@@ -11,4 +11,5 @@ mod helpers;
 mod maintenance;
 mod ops;
 mod rest_ingest;
+mod soap;
 mod store_conformance;

@@ -225,7 +225,12 @@ impl Application {
         for (id, ep) in &settings.endpoints {
             match ep {
                 EndpointConfig::Soap(x) if x.direction == Direction::Out => {
-                    let password = secret_from_env(&x.password_env)?.unwrap_or_default();
+                    let password = x
+                        .password_env
+                        .as_deref()
+                        .and_then(|var| settings.secrets.get(var))
+                        .map(|s| secrecy::ExposeSecret::expose_secret(s).to_string())
+                        .unwrap_or_default();
                     let mut cfg = SoapOutboundConfig::new(
                         x.url.clone().unwrap_or_default(),
                         x.username.clone().unwrap_or_default(),

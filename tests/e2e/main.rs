@@ -11,5 +11,6 @@ mod helpers;
 mod maintenance;
 mod ops;
 mod rest_ingest;
+mod sftp;
 mod soap;
 mod store_conformance;

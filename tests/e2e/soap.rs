@@ -147,3 +147,175 @@ async fn refused_requests_are_faults_and_journaled_and_the_wsdl_names_the_hub() 
     );
     hub.stop().await;
 }
+
+/// What a partner's generated client does: zeep loads the WSDL the hub serves and calls
+/// SyncVehicles; the vehicle it sends lands in the CRM store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zeep_client_generated_from_the_served_wsdl_syncs_vehicles() {
+    let has_zeep = std::process::Command::new("python3")
+        .args(["-c", "import zeep"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_zeep,
+        "python3 with zeep is required for this test (pip install zeep; .ci/run installs it)"
+    );
+    let hub = TestHub::spawn(Backend::Sqlite).await;
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/adapters/soap/tests/zeep/call_sync_vehicles.py"
+    );
+    let out = tokio::process::Command::new("python3")
+        .args([
+            script,
+            &format!("{}/soap/osm/VehicleService", hub.base),
+            "digest",
+        ])
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "zeep failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(r["accepted"], 1, "{r}");
+    assert_eq!(r["rejected"][0]["vin"], "LHGHL1LV0VD172367", "{r}");
+    hub.settle(20).await;
+    let (s, v) = hub.get("/api/v1/vehicles/LHG0LVF20VB714970", ADMIN).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["plate_no"], "粤A·D12345", "{v}");
+    assert!(v["owner_customer_id"].is_string(), "{v}");
+    hub.stop().await;
+}
+
+fn dcs_answer(inner: &str) -> wiremock::ResponseTemplate {
+    wiremock::ResponseTemplate::new(if inner.contains("Fault") { 500 } else { 200 }).set_body_raw(
+        format!(
+            "<?xml version=\"1.0\"?><soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body>{inner}</soap:Body></soap:Envelope>"
+        ),
+        "text/xml; charset=utf-8",
+    )
+}
+
+/// Campaign tasks to DCS through the dispatcher: success is delivered with DCS's task id, a
+/// client fault is rejected with its faultstring, a 503 is retried and finally parked.
+#[tokio::test(flavor = "multi_thread")]
+async fn dcs_tasks_are_delivered_rejected_or_retried_by_the_partners_answer() {
+    use wiremock::matchers::{body_string_contains, method};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let dcs = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("<t:campaignCode>C-OK</t:campaignCode>"))
+        .respond_with(dcs_answer(
+            "<r:PublishCampaignTaskResponse xmlns:r=\"urn:synchub:dcs:task:v1\"><r:taskId>T-77</r:taskId></r:PublishCampaignTaskResponse>",
+        ))
+        .mount(&dcs)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("<t:campaignCode>C-BAD</t:campaignCode>"))
+        .respond_with(dcs_answer(
+            "<soap:Fault><faultcode>soap:Client</faultcode><faultstring>dealerCode D0001 is not a DCS dealer</faultstring></soap:Fault>",
+        ))
+        .mount(&dcs)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_string_contains(
+            "<t:campaignCode>C-BUSY</t:campaignCode>",
+        ))
+        .respond_with(ResponseTemplate::new(503).set_body_string("maintenance"))
+        .mount(&dcs)
+        .await;
+
+    let config = TestConfig::shipped();
+    config.write(
+        "config/endpoints/dcs_tasks_soap_out.toml",
+        &format!(
+            "type = \"soap\"\ndirection = \"out\"\nurl = \"{}/dcs/TaskService\"\ntimeout_ms = 2000\n\
+             username = \"synchub\"\npassword_env = \"TEST_DCS_PASSWORD\"\n",
+            dcs.uri()
+        ),
+    );
+    // Leads stand in for campaign assignments here: the mapping turns each into a DCS task.
+    config.write(
+        "mappings/test_lead_to_dcs_task/v1.jq",
+        "{campaign_code: .campaign_code, name: .name, dealer_code: \"D0001\", \
+         start_date: \"2026-12-01\", end_date: \"2026-12-31\", target_count: 1}\n",
+    );
+    config.write(
+        "routes/test_leads_to_dcs.toml",
+        "from = \"partners_rest_in\"\nrecord_type = \"lead\"\nvalidate = \"lead\"\n\
+         mapping = \"test_lead_to_dcs_task\"\nto = [\"dcs_tasks_soap_out\"]\n\
+         [retry]\nmax_attempts = 2\nbackoff_ms = 50\nmax_backoff_ms = 100\n",
+    );
+    let hub = TestHub::spawn_with(
+        Backend::Sqlite,
+        config,
+        &[("TEST_DCS_PASSWORD", "dcs-secret")],
+    )
+    .await;
+    let mut ids: Vec<String> = Vec::new();
+    for (i, code) in ["C-OK", "C-BAD", "C-BUSY"].iter().enumerate() {
+        let mut lead = sample("rest/lead.request.json");
+        lead["source_ref"] = serde_json::json!(format!("DCS-TEST-{i}"));
+        lead["campaign_code"] = serde_json::json!(code);
+        let (s, r) = hub
+            .post_records("/api/v1/leads", "demo-callcenter", &lead)
+            .await;
+        assert_eq!(s, 202, "{r}");
+        assert_eq!(r["accepted"].as_array().map(Vec::len), Some(1), "{r}");
+    }
+    hub.settle(30).await;
+    for i in 0..3 {
+        let (_, found) = hub
+            .get(&format!("/api/v1/messages?key=DCS-TEST-{i}"), ADMIN)
+            .await;
+        ids.push(found["messages"][0]["id"].as_str().unwrap().to_string());
+    }
+    let mut outcomes = Vec::new();
+    for id in &ids {
+        let (_, detail) = hub.get(&format!("/api/v1/messages/{id}"), ADMIN).await;
+        let d = detail["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["target"] == "dcs_tasks_soap_out")
+            .unwrap_or_else(|| panic!("no DCS delivery: {detail}"))
+            .clone();
+        outcomes.push(d);
+    }
+    assert_eq!(outcomes[0]["status"], "delivered", "{}", outcomes[0]);
+    assert_eq!(outcomes[0]["remote_ref"], "T-77", "{}", outcomes[0]);
+    assert_eq!(outcomes[1]["status"], "rejected", "{}", outcomes[1]);
+    assert!(
+        outcomes[1]["last_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("dealerCode D0001 is not a DCS dealer"),
+        "{}",
+        outcomes[1]
+    );
+    assert_eq!(outcomes[1]["attempts"], 1, "a client fault is not retried");
+    assert_eq!(outcomes[2]["status"], "parked", "{}", outcomes[2]);
+    assert_eq!(outcomes[2]["attempts"], 2, "retried, then parked");
+    assert!(
+        outcomes[2].to_string().contains("503"),
+        "the reason names the answer: {}",
+        outcomes[2]
+    );
+    // What DCS received carries the WS-Security token with the configured secret.
+    let sent = dcs.received_requests().await.unwrap();
+    let post = sent
+        .iter()
+        .find(|r| r.method.as_str() == "POST")
+        .expect("DCS was called");
+    let first = String::from_utf8_lossy(&post.body).into_owned();
+    assert!(
+        first.contains("<wsse:Username>synchub</wsse:Username>"),
+        "{first}"
+    );
+    assert!(first.contains("dcs-secret"), "{first}");
+    hub.stop().await;
+}

@@ -1,0 +1,577 @@
+//! SFTP batch flows through the running hub against a real OpenSSH sshd (the adapter's
+//! `SshdFixture`): the GB18030 dealer file lands in the CRM store, a 1,000-row vehicle file with
+//! 3 bad VINs gives 997 vehicles and 3 rejections findable by line, identical re-uploads have no
+//! second effect while new content under the same name is processed, two hubs on one
+//! PostgreSQL database never take the same file, and only headquarters may "poll now".
+
+use std::time::Duration;
+
+use serde_json::Value;
+use synchub::app::Application;
+use synchub::settings::{Profile, Settings};
+use synchub_adapter_sftp::testkit::SshdFixture;
+
+use crate::helpers::*;
+
+const DEALERS: &str = "osm_dealers_sftp_in";
+const VEHICLES: &str = "osm_vehicles_sftp_in";
+const CAMPAIGN_RESULTS: &str = "dms_campaign_results_sftp_in";
+
+/// Overrides that enable endpoint `ep` and point it at the fixture's `dir_rel`. The schedule is
+/// set to once a year, so only the test's own "poll now" calls poll and the assertions know
+/// which poll did what.
+fn enable(fx: &SshdFixture, ep: &str, dir_rel: &str) -> Vec<(String, String)> {
+    std::fs::create_dir_all(fx.path(dir_rel)).expect("sftp dir");
+    let up = ep.to_ascii_uppercase();
+    let k = |f: &str| format!("SYNCHUB__ENDPOINTS__{up}__{f}");
+    vec![
+        (k("ENABLED"), "true".into()),
+        (k("HOST"), "127.0.0.1".into()),
+        (k("PORT"), fx.port.to_string()),
+        (k("USER"), fx.user.clone()),
+        (k("PRIVATE_KEY_FILE"), fx.client_key.display().to_string()),
+        (k("KNOWN_HOSTS_FILE"), fx.known_hosts.display().to_string()),
+        (k("DIR"), fx.remote(dir_rel)),
+        (k("STABLE_SECS"), "0".into()),
+        (k("SCHEDULE"), "0 0 1 1 *".into()),
+    ]
+}
+
+fn refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+async fn spawn(backend: Backend, env: &[(String, String)]) -> TestHub {
+    let mut env = env.to_vec();
+    env.push((NO_DMS_QUEUES.into(), "1".into()));
+    TestHub::spawn_with(backend, TestConfig::shipped(), &refs(&env)).await
+}
+
+fn sample_bytes(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/samples/sftp")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("sample {}: {e}", p.display()))
+}
+
+fn listing(fx: &SshdFixture, rel: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(fx.path(rel))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "archive" && n != "error")
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn poll(hub: &TestHub, ep: &str) -> Value {
+    let (s, r) = hub
+        .post(&format!("/api/v1/endpoints/{ep}/poll"), ADMIN, None)
+        .await;
+    assert_eq!(s, 200, "poll {ep}: {r}");
+    r
+}
+
+async fn endpoint(hub: &TestHub, id: &str) -> Value {
+    let (s, eps) = hub.get("/api/v1/endpoints", ADMIN).await;
+    assert_eq!(s, 200, "{eps}");
+    eps["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("endpoint {id} not listed: {eps}"))
+}
+
+async fn scalar(pool: &sqlx::AnyPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// ISO 3779 check digit of a VIN (position 9).
+fn vin_check(vin: &[u8; 17]) -> u8 {
+    const WEIGHTS: [u32; 17] = [8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2];
+    let value = |c: u8| -> u32 {
+        match c {
+            b'0'..=b'9' => u32::from(c - b'0'),
+            b'A'..=b'H' => u32::from(c - b'A') + 1,
+            b'J'..=b'N' => u32::from(c - b'J') + 1,
+            b'P' => 7,
+            b'R' => 9,
+            b'S'..=b'Z' => u32::from(c - b'S') + 2,
+            _ => panic!("not a VIN character: {c}"),
+        }
+    };
+    let sum: u32 = vin.iter().zip(WEIGHTS).map(|(c, w)| value(*c) * w).sum();
+    match sum % 11 {
+        10 => b'X',
+        d => b'0' + d as u8,
+    }
+}
+
+/// VIN number `n` of a test file; `valid = false` gives it a wrong check digit.
+fn vin(file: u32, n: u32, valid: bool) -> String {
+    let mut v: [u8; 17] = format!("LHGCV3CK0SA{file:01}{n:05}")
+        .as_bytes()
+        .try_into()
+        .expect("17 characters");
+    let good = vin_check(&v);
+    v[8] = if valid {
+        good
+    } else if good == b'1' {
+        b'2'
+    } else {
+        b'1'
+    };
+    String::from_utf8(v.to_vec()).expect("ascii")
+}
+
+const VEHICLE_HEADER: &str = "vin,brand,model,model_year,color,plate_no,engine_no,dealer_code,sales_date,owner_name,owner_mobile,owner_id_no";
+
+/// A vehicle file of `rows` rows (file number `file` keeps VINs distinct between files); rows
+/// whose index is in `bad` carry a wrong VIN check digit. Returns the text and the bad lines.
+fn vehicle_file(file: u32, rows: u32, bad: &[u32]) -> (String, Vec<u64>) {
+    let mut text = format!("{VEHICLE_HEADER}\n");
+    let mut bad_lines = Vec::new();
+    for i in 0..rows {
+        let ok = !bad.contains(&i);
+        if !ok {
+            // Line 1 is the header.
+            bad_lines.push(u64::from(i) + 2);
+        }
+        text.push_str(&format!(
+            "{},Honda,雅阁 Accord,2026,珍珠白,粤A·{file}{i:04},L15B{i:06},D000{},2026-11-20,客户{i},139{file:02}{i:06},\n",
+            vin(file, i, ok),
+            i % 3 + 1,
+        ));
+    }
+    (text, bad_lines)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gb18030_dealer_file_lands_in_the_crm_store_and_only_headquarters_polls() {
+    let fx = SshdFixture::start();
+    let hub = spawn(Backend::Sqlite, &enable(&fx, DEALERS, "outbound/dealers")).await;
+    let dir = "outbound/dealers";
+    std::fs::write(
+        fx.path(&format!("{dir}/DEALER_20261125.csv")),
+        sample_bytes("DEALER_20261125.csv"),
+    )
+    .unwrap();
+    std::fs::write(fx.path(&format!("{dir}/DEALER_20261125.csv.ok")), b"").unwrap();
+
+    // Shipped endpoints that were not enabled show as disabled and cannot be polled.
+    assert_eq!(endpoint(&hub, VEHICLES).await["state"], "disabled");
+    assert_eq!(endpoint(&hub, "etl_sftp_out").await["state"], "disabled");
+    let (s, r) = hub
+        .post(&format!("/api/v1/endpoints/{VEHICLES}/poll"), ADMIN, None)
+        .await;
+    assert_eq!(s, 409, "{r}");
+    let (s, r) = hub
+        .post("/api/v1/endpoints/no_such_endpoint/poll", ADMIN, None)
+        .await;
+    assert_eq!(s, 404, "{r}");
+
+    // Dealer IT may not move partner files.
+    let (s, r) = hub
+        .post(&format!("/api/v1/endpoints/{DEALERS}/poll"), IT_D0001, None)
+        .await;
+    assert_eq!(s, 403, "{r}");
+    assert_eq!(
+        listing(&fx, dir),
+        ["DEALER_20261125.csv", "DEALER_20261125.csv.ok"],
+        "a refused poll touches nothing"
+    );
+
+    let report = poll(&hub, DEALERS).await;
+    assert_eq!(report["files_found"], 1, "{report}");
+    assert_eq!(report["files_taken"], 1, "{report}");
+    let file = &report["files"][0];
+    assert_eq!(file["outcome"]["status"], "archived", "{report}");
+    assert_eq!(
+        (&file["read"], &file["accepted"], &file["rejected"]),
+        (&3.into(), &3.into(), &0.into()),
+        "{report}"
+    );
+    assert!(listing(&fx, dir).is_empty(), "file and marker moved out");
+    assert!(
+        fx.path(&format!("{dir}/archive/DEALER_20261125.csv"))
+            .exists()
+    );
+    assert!(
+        fx.path(&format!("{dir}/archive/DEALER_20261125.csv.ok"))
+            .exists()
+    );
+
+    hub.settle(30).await;
+    let (s, d) = hub.get("/api/v1/dealers/D0001", ADMIN).await;
+    assert_eq!(s, 200, "{d}");
+    assert_eq!(d["dealer_name"], "广州天河本田特约店", "{d}");
+    assert_eq!(d["city"], "广州", "{d}");
+    assert_eq!(d["province"], "广东", "{d}");
+    assert_eq!(
+        d["address"], "天河路123号",
+        "full-width digits cleansed: {d}"
+    );
+    let (_, d3) = hub.get("/api/v1/dealers/D0003", ADMIN).await;
+    assert_eq!(d3["status"], "suspended", "{d3}");
+    assert_eq!(d3["dealer_name"], "北京朝阳本田特约店", "{d3}");
+
+    // What the operator sees: state, last contact, the last poll and the ledger row.
+    let ep = endpoint(&hub, DEALERS).await;
+    assert_eq!(ep["kind"], "sftp in", "{ep}");
+    assert_eq!(ep["state"], "up", "{ep}");
+    assert!(!ep["last_contact"].is_null(), "{ep}");
+    let last = &ep["last_poll"];
+    assert_eq!(last["files_found"], 1, "{ep}");
+    assert_eq!(last["files_taken"], 1, "{ep}");
+    assert_eq!(last["errors"].as_array().map(Vec::len), Some(0), "{ep}");
+    assert_eq!(last["files"][0]["accepted"], 3, "{ep}");
+    let ledger = &last["ledger"][0];
+    assert_eq!(ledger["name"], "DEALER_20261125.csv", "{ep}");
+    assert_eq!(ledger["status"], "archived", "{ep}");
+    assert_eq!(
+        (&ledger["read"], &ledger["accepted"], &ledger["rejected"]),
+        (&3.into(), &3.into(), &0.into()),
+        "{ep}"
+    );
+    assert!(
+        ledger["moved_to"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/archive/DEALER_20261125.csv")),
+        "{ep}"
+    );
+
+    let metrics = hub
+        .client
+        .get(format!("{}/metrics", hub.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "hub_sftp_files_total{endpoint=\"osm_dealers_sftp_in\",outcome=\"archived\"}"
+        ),
+        "files metric missing"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_vehicles_with_three_bad_vins_give_997_vehicles_and_3_rejections_by_line() {
+    let fx = SshdFixture::start();
+    let dir = "outbound/vehicles";
+    let hub = spawn(Backend::Sqlite, &enable(&fx, VEHICLES, dir)).await;
+    let (text, bad_lines) = vehicle_file(1, 1000, &[10, 500, 998]);
+    std::fs::write(fx.path(&format!("{dir}/VEHICLE_20261125.csv")), &text).unwrap();
+
+    let report = poll(&hub, VEHICLES).await;
+    let file = &report["files"][0];
+    assert_eq!(file["outcome"]["status"], "archived", "{report}");
+    assert_eq!(
+        (&file["read"], &file["accepted"], &file["rejected"]),
+        (&1000.into(), &997.into(), &3.into()),
+        "{report}"
+    );
+    assert!(listing(&fx, dir).is_empty());
+    let archived: Vec<_> = std::fs::read_dir(fx.path(&format!("{dir}/archive")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(archived, ["VEHICLE_20261125.csv"], "archived once");
+
+    hub.settle(120).await;
+    let pool = hub.store.pool();
+    assert_eq!(
+        scalar(
+            pool,
+            "SELECT COUNT(*) FROM crm_records WHERE entity = 'vehicle'"
+        )
+        .await,
+        997
+    );
+    // The owner columns arrived as the vehicle's owner.
+    let good = vin(1, 11, true);
+    let (s, v) = hub.get(&format!("/api/v1/vehicles/{good}"), ADMIN).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["owner"]["name"], "客户11", "{v}");
+    assert_eq!(v["owner"]["mobile"], "13901000011", "{v}");
+    assert_eq!(v["dealer_code"], "D0003", "{v}");
+    let (s, _) = hub
+        .get(&format!("/api/v1/vehicles/{}", vin(1, 10, false)), ADMIN)
+        .await;
+    assert_eq!(s, 404, "a bad VIN is not stored");
+
+    // The operator finds the three rejections, each with its line and the reason.
+    let (s, r) = hub
+        .get(
+            &format!("/api/v1/messages?status=rejected&endpoint={VEHICLES}"),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let rejected = r["messages"].as_array().unwrap();
+    assert_eq!(rejected.len(), 3, "{r}");
+    let mut lines: Vec<u64> = rejected
+        .iter()
+        .map(|m| {
+            let sref = m["source_ref"].as_str().unwrap_or_default();
+            assert!(sref.starts_with("VEHICLE_20261125.csv@"), "{m}");
+            assert!(m["reason"].to_string().contains("check digit"), "{m}");
+            sref.rsplit(':').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    lines.sort();
+    assert_eq!(lines, bad_lines);
+    // And by the source_ref itself, as a key.
+    let sref = rejected[0]["source_ref"].as_str().unwrap();
+    let (_, found) = hub
+        .get(&format!("/api/v1/messages?key={sref}"), ADMIN)
+        .await;
+    assert!(
+        found["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["status"] == "rejected")),
+        "{found}"
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_reupload_has_no_effect_but_new_content_under_the_same_name_is_processed() {
+    let fx = SshdFixture::start();
+    let dir = "inbound/campaign-results";
+    let hub = spawn(Backend::Sqlite, &enable(&fx, CAMPAIGN_RESULTS, dir)).await;
+    let name = "CAMPRES_D0002_20261206.csv";
+    let original = sample_bytes(name);
+    let path = fx.path(&format!("{dir}/{name}"));
+    std::fs::write(&path, &original).unwrap();
+    let records = format!(
+        "SELECT COUNT(*) FROM messages WHERE kind = 'record' AND endpoint = '{CAMPAIGN_RESULTS}'"
+    );
+
+    let r = poll(&hub, CAMPAIGN_RESULTS).await;
+    assert_eq!(r["files"][0]["outcome"]["status"], "archived", "{r}");
+    assert_eq!(r["files"][0]["accepted"], 2, "{r}");
+    hub.settle(30).await;
+    assert_eq!(scalar(hub.store.pool(), &records).await, 2);
+    let (s, c) = hub
+        .get("/api/v1/campaigns/C2026-12-WINTERCARE", ADMIN)
+        .await;
+    assert_eq!(s, 200, "{c}");
+    assert!(c["results_by_dealer"]["D0002"].is_object(), "{c}");
+
+    // The same bytes again: moved out without reading, no new messages.
+    std::fs::write(&path, &original).unwrap();
+    let r = poll(&hub, CAMPAIGN_RESULTS).await;
+    assert_eq!(r["files"][0]["outcome"]["status"], "already_done", "{r}");
+    assert!(!path.exists());
+    hub.settle(30).await;
+    assert_eq!(
+        scalar(hub.store.pool(), &records).await,
+        2,
+        "no second effect"
+    );
+    let archive = fx.path(&format!("{dir}/archive"));
+    assert_eq!(
+        std::fs::read_dir(&archive).unwrap().count(),
+        2,
+        "the re-upload sits beside the first, under a timestamp suffix"
+    );
+
+    // The next day's file under the same name, with a third row: processed.
+    let mut next = original.clone();
+    next.extend_from_slice(
+        "C2026-12-WINTERCARE,D0002,13700000002,李四,purchased,2026-12-07,\n".as_bytes(),
+    );
+    std::fs::write(&path, &next).unwrap();
+    let r = poll(&hub, CAMPAIGN_RESULTS).await;
+    assert_eq!(r["files"][0]["outcome"]["status"], "archived", "{r}");
+    assert_eq!(r["files"][0]["accepted"], 3, "{r}");
+    hub.settle(30).await;
+    assert_eq!(scalar(hub.store.pool(), &records).await, 5);
+    assert_eq!(std::fs::read_dir(&archive).unwrap().count(), 3);
+    let ep = endpoint(&hub, CAMPAIGN_RESULTS).await;
+    assert_eq!(
+        ep["last_poll"]["ledger"].as_array().map(Vec::len),
+        Some(2),
+        "{ep}"
+    );
+    hub.stop().await;
+}
+
+/// A hub on an existing database (the second instance of a scale-out pair).
+struct Instance {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _config: TestConfig,
+}
+
+impl Instance {
+    async fn start(store_url: &str, env: &[(String, String)]) -> Instance {
+        let config = TestConfig::shipped();
+        let mut vars: Vec<(String, String)> = vec![
+            ("SYNCHUB__STORE__URL".into(), store_url.into()),
+            ("SYNCHUB__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
+            ("SYNCHUB__DISPATCH__IDLE_POLL_MS".into(), "50".into()),
+        ];
+        vars.extend(env.iter().cloned());
+        let settings = Settings::load(&config.config_dir(), Profile::Local, &vars)
+            .unwrap_or_else(|p| panic!("settings rejected: {p:#?}"));
+        let app = Application::build(settings).await.expect("hub builds");
+        let base = format!("http://{}", app.local_addr());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run_until_stopped(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("hub runs");
+        });
+        Instance {
+            base,
+            stop: Some(tx),
+            task,
+            _config: config,
+        }
+    }
+
+    async fn poll(&self, ep: &str) -> Value {
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/v1/endpoints/{ep}/poll", self.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("json")
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = self.task.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hubs_on_one_postgres_database_never_take_the_same_file() {
+    let fx = SshdFixture::start();
+    let dir = "outbound/vehicles";
+    let mut env = enable(&fx, VEHICLES, dir);
+    env.push((
+        "SYNCHUB__ENDPOINTS__OSM_VEHICLES_SFTP_IN__INSTANCE_ID".into(),
+        "hub-a".into(),
+    ));
+    let a = spawn(Backend::Postgres, &env).await;
+    env.pop();
+    env.push((
+        "SYNCHUB__ENDPOINTS__OSM_VEHICLES_SFTP_IN__INSTANCE_ID".into(),
+        "hub-b".into(),
+    ));
+    let b = Instance::start(&a.store_url, &env).await;
+    let files = 3u32;
+    for f in 1..=files {
+        let (text, _) = vehicle_file(f, 1000, &[]);
+        std::fs::write(fx.path(&format!("{dir}/VEHICLE_2026112{f}.csv")), text).unwrap();
+    }
+
+    // Both poll the same directory at the same time.
+    let (ra, rb) = tokio::join!(
+        async {
+            let (s, r) = a
+                .post(&format!("/api/v1/endpoints/{VEHICLES}/poll"), ADMIN, None)
+                .await;
+            assert_eq!(s, 200, "{r}");
+            r
+        },
+        b.poll(VEHICLES)
+    );
+    let archived_by = |r: &Value| -> Vec<String> {
+        r["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["outcome"]["status"] == "archived")
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut all: Vec<String> = archived_by(&ra);
+    all.extend(archived_by(&rb));
+    all.sort();
+    assert_eq!(
+        all,
+        (1..=files)
+            .map(|f| format!("VEHICLE_2026112{f}.csv"))
+            .collect::<Vec<_>>(),
+        "every file archived by exactly one hub:\nA: {ra}\nB: {rb}"
+    );
+    assert!(listing(&fx, dir).is_empty());
+    assert_eq!(
+        std::fs::read_dir(fx.path(&format!("{dir}/archive")))
+            .unwrap()
+            .count(),
+        files as usize,
+        "each file archived once"
+    );
+
+    a.settle(180).await;
+    let pool = a.store.pool();
+    let total = i64::from(files) * 1000;
+    assert_eq!(
+        scalar(
+            pool,
+            "SELECT COUNT(*) FROM messages WHERE kind = 'record' AND endpoint = 'osm_vehicles_sftp_in'"
+        )
+        .await,
+        total,
+        "each row journaled once"
+    );
+    assert_eq!(
+        scalar(
+            pool,
+            "SELECT COUNT(DISTINCT source_ref) FROM messages WHERE kind = 'record' AND endpoint = 'osm_vehicles_sftp_in'"
+        )
+        .await,
+        total
+    );
+    assert_eq!(
+        scalar(
+            pool,
+            "SELECT COUNT(*) FROM crm_records WHERE entity = 'vehicle'"
+        )
+        .await,
+        total
+    );
+    assert_eq!(
+        scalar(
+            pool,
+            "SELECT COUNT(*) FROM deliveries WHERE status = 'delivered' AND route = 'osm_vehicles_sftp_to_crm'"
+        )
+        .await,
+        total,
+        "each row applied to the CRM store once"
+    );
+    assert_eq!(
+        scalar(
+            pool,
+            "SELECT COUNT(*) FROM sftp_files WHERE endpoint = 'osm_vehicles_sftp_in' AND status = 'archived'"
+        )
+        .await,
+        i64::from(files)
+    );
+    b.stop().await;
+    a.stop().await;
+    // Give the pool a moment to let go before the database is dropped.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}

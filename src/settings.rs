@@ -550,8 +550,8 @@ pub enum EndpointConfig {
     /// inbound queues (INTERFACES §3).
     Amqp(AmqpEndpoint),
     /// `type = "sftp"`: a partner's SFTP server; `in` polls a directory for CSV files, `out`
-    /// writes files (INTERFACES §4).
-    Sftp(SftpEndpoint),
+    /// writes files (INTERFACES §4). Boxed: it has many more settings than the other kinds.
+    Sftp(Box<SftpEndpoint>),
     /// `type = "soap"`: `in` serves the OSM vehicle service (IF-01); `out` calls DCS
     /// `PublishCampaignTask` (IF-07).
     Soap(SoapEndpoint),
@@ -2526,7 +2526,7 @@ mod tests {
             "endpoints/rest_in.toml",
             "type = \"rest\"\ndirection = \"in\"\ntimeout = 3\n",
         );
-        write(&config, "endpoints/soap_in.toml", "type = \"soap\"\n");
+        write(&config, "endpoints/soap_in.toml", "type = \"smtp\"\n");
         write(
             root.path(),
             "routes/r2.toml",
@@ -2586,6 +2586,7 @@ mod tests {
             "type = \"rest\"\ndirection = \"out\"\nurl = \"http://x\"\nheaders = { a = \"b\" }\nmethod = \"PUT\"\n",
             "type = \"crm_store\"\nkey_field_approval = false\n",
             "type = \"amqp\"\ndirection = \"in\"\nurl = \"amqp://h\"\nprefetch = 8\nqueues = [{ queue = \"q\", routing_key = \"k\", record_type = \"lead_result\" }]\n",
+            "type = \"soap\"\ndirection = \"out\"\nurl = \"http://dcs\"\nusername = \"u\"\npassword_env = \"P\"\n",
             "type = \"sftp\"\ndirection = \"in\"\nhost = \"h\"\nuser = \"u\"\nprivate_key_file = \"k\"\nknown_hosts_file = \"kh\"\ndir = \"/d\"\npattern = \"*.csv\"\ncharset = \"gb18030\"\nnest_prefixes = [\"owner_\"]\n",
         ];
         let mut seen = BTreeSet::new();

@@ -746,6 +746,64 @@ mod tests {
         }
     }
 
+    #[test]
+    fn problems_name_file_and_key_path_with_the_adapters_messages() {
+        use crate::settings::{Profile, Settings};
+        let root = tempfile::tempdir().unwrap();
+        let config = root.path().join("config");
+        std::fs::create_dir_all(config.join("endpoints")).unwrap();
+        std::fs::create_dir_all(root.path().join("routes")).unwrap();
+        std::fs::write(config.join("synchub.toml"), "").unwrap();
+        let file = config.join("endpoints/osm_x_in.toml");
+        std::fs::write(
+            &file,
+            "type = \"sftp\"\ndirection = \"in\"\nhost = \"h\"\nuser = \"u\"\n\
+             private_key_file = \"k\"\nknown_hosts_file = \"kh\"\ndir = \"relative\"\n\
+             pattern = \"*.csv\"\nschedule = \"every day\"\nrecord_type = \"dealer\"\n\
+             prefix = \"x\"\npassphrase_env = \"SFTP_TEST_PASSPHRASE_UNSET\"\n",
+        )
+        .unwrap();
+        let settings = Settings::load(&config, Profile::Local, &[]).unwrap();
+        let problems = settings.validate();
+        let at = |key: &str| {
+            problems
+                .iter()
+                .find(|p| p.key_path == key)
+                .unwrap_or_else(|| panic!("no problem at {key}: {problems:#?}"))
+        };
+        assert!(at("endpoints.osm_x_in.schedule").message.contains("cron"));
+        assert_eq!(at("endpoints.osm_x_in.schedule").file, file);
+        assert!(at("endpoints.osm_x_in.dir").message.contains("absolute"));
+        assert!(at("endpoints.osm_x_in.system").message.contains("required"));
+        assert!(
+            at("endpoints.osm_x_in.prefix")
+                .message
+                .contains("direction out")
+        );
+        assert!(
+            at("endpoints.osm_x_in.passphrase_env")
+                .message
+                .contains("not set")
+        );
+
+        // Disabled: still checked for shape, but its secret need not be set.
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, format!("{text}enabled = false\n")).unwrap();
+        let problems = Settings::load(&config, Profile::Local, &[])
+            .unwrap()
+            .validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key_path == "endpoints.osm_x_in.schedule")
+        );
+        assert!(
+            !problems
+                .iter()
+                .any(|p| p.key_path == "endpoints.osm_x_in.passphrase_env")
+        );
+    }
+
     #[tokio::test]
     async fn owner_columns_nest_and_source_ref_is_added() {
         let echo = Arc::new(Echo(Default::default()));

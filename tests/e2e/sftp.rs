@@ -41,10 +41,10 @@ fn refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
     v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
+/// A hub with the overrides; vehicle owners become CRM customers whose change events go to
+/// the DMS queue the helper binds, so they deliver instead of waiting as unroutable.
 async fn spawn(backend: Backend, env: &[(String, String)]) -> TestHub {
-    let mut env = env.to_vec();
-    env.push((NO_DMS_QUEUES.into(), "1".into()));
-    TestHub::spawn_with(backend, TestConfig::shipped(), &refs(&env)).await
+    TestHub::spawn_with(backend, TestConfig::shipped(), &refs(env)).await
 }
 
 fn sample_bytes(name: &str) -> Vec<u8> {
@@ -479,6 +479,13 @@ async fn two_hubs_on_one_postgres_database_never_take_the_same_file() {
         "SYNCHUB__ENDPOINTS__OSM_VEHICLES_SFTP_IN__INSTANCE_ID".into(),
         "hub-b".into(),
     ));
+    // Same AMQP names as A: either hub may deliver the owners' customer events.
+    for ep in ["DMS_AMQP_OUT", "DMS_AMQP_IN"] {
+        env.push((
+            format!("SYNCHUB__ENDPOINTS__{ep}__NAME_PREFIX"),
+            a.amqp_prefix.clone(),
+        ));
+    }
     let b = Instance::start(&a.store_url, &env).await;
     let files = 3u32;
     for f in 1..=files {
@@ -574,4 +581,291 @@ async fn two_hubs_on_one_postgres_database_never_take_the_same_file() {
     a.stop().await;
     // Give the pool a moment to let go before the database is dropped.
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running hub process, killed (SIGKILL) and reaped when dropped, so a failing test leaves
+/// no hub behind.
+struct Running(std::process::Child);
+
+impl Running {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The real binary on `root`'s configuration and SQLite store, as an operator runs it.
+fn start_binary(root: &std::path::Path, port: u16, env: &[(String, String)]) -> Running {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_synchub"))
+        .args(["run", "--config"])
+        .arg(root.join("config"))
+        .env(
+            "SYNCHUB__STORE__URL",
+            format!("sqlite://{}/data/hub.db", root.display()),
+        )
+        .env("SYNCHUB__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start synchub");
+    Running(child)
+}
+
+async fn wait_ready(base: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{base}/health/ready")).await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hub did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_killed_mid_file_resumes_after_restart_and_imports_every_row_once() {
+    const ROWS: u32 = 20_000;
+    let fx = SshdFixture::start();
+    let dir = "outbound/vehicles";
+    let config = TestConfig::shipped();
+    let root = config.dir.path().to_path_buf();
+    let mut env = enable(&fx, VEHICLES, dir);
+    env.push((
+        "SYNCHUB__ENDPOINTS__OSM_VEHICLES_SFTP_IN__BATCH_SIZE".into(),
+        "100".into(),
+    ));
+    // A broker namespace of its own: the binary's consumers must not take other tests' messages.
+    let prefix = amqp_prefix();
+    for ep in ["DMS_AMQP_OUT", "DMS_AMQP_IN"] {
+        env.push((
+            format!("SYNCHUB__ENDPOINTS__{ep}__NAME_PREFIX"),
+            prefix.clone(),
+        ));
+    }
+    env.push((
+        "SYNCHUB__ENDPOINTS__DMS_AMQP_IN__QUEUE_EXPIRES_MS".into(),
+        "600000".into(),
+    ));
+    // Vehicles without owners: no customer events, only the rows under test.
+    let mut text = format!("{VEHICLE_HEADER}\n");
+    for i in 0..ROWS {
+        text.push_str(&format!(
+            "{},Honda,思域 Civic,2026,白,,,D0001,2026-11-20,,,\n",
+            vin(7, i, true)
+        ));
+    }
+    let name = "VEHICLE_20261130.csv";
+    std::fs::write(fx.path(&format!("{dir}/{name}")), &text).unwrap();
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start_binary(&root, port, &env);
+    wait_ready(&base).await;
+    let db = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("sqlite://{}/data/hub.db?mode=ro", root.display()))
+        .await
+        .expect("open the hub's store read-only");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let poll_url = format!("{base}/api/v1/endpoints/{VEHICLES}/poll");
+    let first = tokio::spawn({
+        let (client, url) = (client.clone(), poll_url.clone());
+        async move { client.post(url).bearer_auth(ADMIN).send().await }
+    });
+
+    // Kill it once a good part of the file is committed, well before the end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let resumed_at = loop {
+        let line: Option<i64> = sqlx::query_scalar(
+            "SELECT resume_line FROM sftp_files WHERE endpoint = 'osm_vehicles_sftp_in'",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap_or(None);
+        if let Some(l) = line.filter(|l| *l >= 3_000) {
+            child.kill();
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        first.await.unwrap().is_err(),
+        "the first poll died with the hub"
+    );
+    assert!(
+        resumed_at < i64::from(ROWS),
+        "killed too late to test anything: line {resumed_at}"
+    );
+    assert_eq!(
+        listing(&fx, dir),
+        [name],
+        "a half-imported file stays in place"
+    );
+    assert!(
+        !fx.path(&format!("{dir}/archive")).exists()
+            || std::fs::read_dir(fx.path(&format!("{dir}/archive")))
+                .unwrap()
+                .count()
+                == 0
+    );
+
+    // Restarted on the same store (same host: it resumes its own claim at once).
+    let mut child = start_binary(&root, port, &env);
+    wait_ready(&base).await;
+    let r: Value = client
+        .post(&poll_url)
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("poll after restart")
+        .json()
+        .await
+        .unwrap();
+    let file = &r["files"][0];
+    assert_eq!(file["outcome"]["status"], "archived", "{r}");
+    assert_eq!(file["read"], ROWS, "counts continue from the ledger: {r}");
+    assert_eq!(file["rejected"], 0, "{r}");
+    assert!(listing(&fx, dir).is_empty());
+    assert_eq!(
+        std::fs::read_dir(fx.path(&format!("{dir}/archive")))
+            .unwrap()
+            .count(),
+        1,
+        "archived once"
+    );
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'in_flight')",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} deliveries still open"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let rows = i64::from(ROWS);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM crm_records WHERE entity = 'vehicle'").await,
+        rows
+    );
+    assert_eq!(
+        count("SELECT COUNT(DISTINCT source_ref) FROM messages WHERE kind = 'record' AND status = 'accepted'").await,
+        rows,
+        "every row accepted once"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM messages WHERE kind = 'record' AND status = 'accepted'").await,
+        rows,
+        "no row accepted twice (re-sent rows are duplicates)"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM deliveries WHERE route = 'osm_vehicles_sftp_to_crm' AND status = 'delivered'").await,
+        rows,
+        "every row applied once"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM sftp_files WHERE status = 'archived' AND rows_read = 20000")
+            .await,
+        1
+    );
+    db.close().await;
+    child.kill();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etl_sftp_out_writes_each_delivery_as_a_csv_file_with_its_manifest() {
+    let fx = SshdFixture::start();
+    let dir = "in";
+    let config = TestConfig::shipped();
+    // A route that copies every lead to the analytics server as well.
+    config.write(
+        "routes/leads_to_etl.toml",
+        "from = \"partners_rest_in\"\nrecord_type = \"lead\"\nvalidate = \"lead\"\nto = [\"etl_sftp_out\"]\n",
+    );
+    let mut env = enable(&fx, "etl_sftp_out", dir);
+    // Inbound-only settings do not apply to an `out` endpoint.
+    env.retain(|(k, _)| !k.ends_with("__STABLE_SECS") && !k.ends_with("__SCHEDULE"));
+    let hub = TestHub::spawn_with(Backend::Sqlite, config, &refs(&env)).await;
+    assert_eq!(endpoint(&hub, "etl_sftp_out").await["kind"], "sftp out");
+
+    let (s, r) = hub
+        .post_records(
+            "/api/v1/leads",
+            "demo-callcenter",
+            &sample("rest/lead.request.json"),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    hub.settle(30).await;
+    let mut files = listing(&fx, dir);
+    files.retain(|f| !f.ends_with(".part"));
+    assert_eq!(files.len(), 2, "data file and manifest: {files:?}");
+    let csv_name = files.iter().find(|f| f.ends_with(".csv")).unwrap();
+    assert!(csv_name.starts_with("extract_"), "{files:?}");
+    let csv = std::fs::read_to_string(fx.path(&format!("{dir}/{csv_name}"))).unwrap();
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.contains("mobile") && header.contains("source_ref"),
+        "{csv}"
+    );
+    assert_eq!(lines.count(), 1, "{csv}");
+    let manifest_name = files
+        .iter()
+        .find(|f| f.ends_with(".manifest.json"))
+        .unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(fx.path(&format!("{dir}/{manifest_name}"))).unwrap())
+            .unwrap();
+    assert_eq!(manifest["rows"], 1, "{manifest}");
+    assert_eq!(
+        manifest["sha256"].as_str().map(str::len),
+        Some(64),
+        "{manifest}"
+    );
+    hub.stop().await;
 }

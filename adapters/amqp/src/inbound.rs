@@ -201,30 +201,28 @@ impl AmqpInbound {
     }
 
     async fn journal(&self, b: &Binding, d: Delivery) -> (u64, Result<(), String>) {
-        {
-            let tag = d.delivery_tag;
-            let (env, parsed) = envelope(
-                &self.link.config().endpoint,
-                &self.link.config().system,
-                b,
-                d,
-            );
-            let result = match parsed {
-                Parsed::Records(records) => self
-                    .inbox
-                    .accept(Submission {
-                        envelope: env,
-                        records,
-                    })
-                    .await
-                    .map(|_| ()),
-                Parsed::Refused { code, reason } => {
-                    tracing::info!(endpoint = %env.endpoint, code, reason = %reason, "AMQP message refused; journaled as rejected and acked.");
-                    self.inbox.reject(env, code, &reason).await.map(|_| ())
-                }
-            };
-            (tag, result.map_err(|e| e.to_string()))
-        }
+        let tag = d.delivery_tag;
+        let (env, parsed) = envelope(
+            &self.link.config().endpoint,
+            &self.link.config().system,
+            b,
+            d,
+        );
+        let result = match parsed {
+            Parsed::Records(records) => self
+                .inbox
+                .accept(Submission {
+                    envelope: env,
+                    records,
+                })
+                .await
+                .map(|_| ()),
+            Parsed::Refused { code, reason } => {
+                tracing::info!(endpoint = %env.endpoint, code, reason = %reason, "AMQP message refused; journaled as rejected and acked.");
+                self.inbox.reject(env, code, &reason).await.map(|_| ())
+            }
+        };
+        (tag, result.map_err(|e| e.to_string()))
     }
 }
 

@@ -278,6 +278,13 @@ async fn amqp(n: usize) {
     let hub = start_hub(dir.path(), &prefix, &[]).await;
     let start = Instant::now();
     hub.wait_count(
+        "SELECT COUNT(*) FROM messages WHERE kind = 'record'",
+        n as i64,
+        Duration::from_secs(600),
+    )
+    .await;
+    let hub_journal = n as f64 / start.elapsed().as_secs_f64();
+    hub.wait_count(
         "SELECT COUNT(*) FROM crm_records WHERE entity = 'campaign_result'",
         n as i64,
         Duration::from_secs(600),
@@ -346,6 +353,7 @@ async fn amqp(n: usize) {
     println!("AMQP, {n} messages of about 300 bytes, persistent, quorum queues, local RabbitMQ:");
     println!("  raw lapin publish with confirms (window {WINDOW}): {raw_pub:>9.0} msg/s");
     println!("  raw lapin consume with batched acks:              {raw_con:>9.0} msg/s");
+    println!("  hub consume -> journal -> ack (acked once journaled): {hub_journal:>6.0} msg/s");
     println!(
         "  hub consume -> journal -> CRM store -> ack:       {hub_con:>9.0} msg/s  ratio {:.2} (target >= 0.50)",
         hub_con / raw_con

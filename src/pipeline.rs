@@ -444,6 +444,47 @@ impl Pipeline {
             .await
     }
 
+    /// Several submissions in one write: rows staged here, one `commit_staged` for all.
+    async fn journal_many(&self, submissions: Vec<Submission>) -> Result<Vec<Receipt>, StoreError> {
+        let mut parts = Vec::with_capacity(submissions.len());
+        let mut shape = Vec::with_capacity(submissions.len());
+        for submission in &submissions {
+            let env = &submission.envelope;
+            let prepared: Vec<PreparedRecord> = submission
+                .records
+                .iter()
+                .map(|r| {
+                    self.prepare_record(
+                        env,
+                        r.index,
+                        &r.record_type,
+                        r.source_ref.as_deref(),
+                        &r.body,
+                        "record",
+                        None,
+                    )
+                })
+                .collect();
+            shape.push((env.id, prepared.len()));
+            let transport = Self::transport_message(env, "received", None);
+            parts.push(journal::stage(&transport, &[], prepared));
+        }
+        let staged = journal::Staged::merge(parts);
+        let verdicts = self
+            .store
+            .write(move |c| Box::pin(async move { journal::commit_staged(c, staged).await }))
+            .await?;
+        self.wake.notify_one();
+        let mut verdicts = verdicts.into_iter();
+        Ok(shape
+            .into_iter()
+            .map(|(message_id, n)| Receipt {
+                message_id,
+                records: verdicts.by_ref().take(n).collect(),
+            })
+            .collect())
+    }
+
     async fn journal(&self, submission: Submission) -> Result<Receipt, StoreError> {
         let env = &submission.envelope;
         let prepared: Vec<PreparedRecord> = submission
@@ -553,6 +594,26 @@ pub(crate) fn collect_keys(v: &Value, out: &mut Vec<(&'static str, String)>) {
     }
 }
 
+/// Records journaled per endpoint and outcome, for the metrics.
+fn count_verdicts(endpoint: &str, receipt: &Receipt) {
+    let (mut ok, mut bad, mut dup) = (0u64, 0u64, 0u64);
+    for v in &receipt.records {
+        match v {
+            synchub_adapter_sdk::RecordVerdict::Accepted {
+                duplicate: true, ..
+            } => dup += 1,
+            synchub_adapter_sdk::RecordVerdict::Accepted { .. } => ok += 1,
+            synchub_adapter_sdk::RecordVerdict::Rejected { .. } => bad += 1,
+        }
+    }
+    for (outcome, n) in [("accepted", ok), ("rejected", bad), ("duplicate", dup)] {
+        if n > 0 {
+            metrics::counter!(m::RECORDS, "endpoint" => endpoint.to_string(), "outcome" => outcome)
+                .increment(n);
+        }
+    }
+}
+
 #[async_trait]
 impl Inbox for Pipeline {
     async fn accept(&self, submission: Submission) -> Result<Receipt, AcceptError> {
@@ -563,23 +624,29 @@ impl Inbox for Pipeline {
             tracing::warn!(endpoint = %endpoint, error = %e, "Submission not journaled; partner must resend.");
             AcceptError::Unavailable(e.to_string())
         })?;
-        let (mut ok, mut bad, mut dup) = (0u64, 0u64, 0u64);
-        for v in &receipt.records {
-            match v {
-                synchub_adapter_sdk::RecordVerdict::Accepted {
-                    duplicate: true, ..
-                } => dup += 1,
-                synchub_adapter_sdk::RecordVerdict::Accepted { .. } => ok += 1,
-                synchub_adapter_sdk::RecordVerdict::Rejected { .. } => bad += 1,
-            }
-        }
-        for (outcome, n) in [("accepted", ok), ("rejected", bad), ("duplicate", dup)] {
-            if n > 0 {
-                metrics::counter!(m::RECORDS, "endpoint" => endpoint.clone(), "outcome" => outcome)
-                    .increment(n);
-            }
-        }
+        count_verdicts(&endpoint, &receipt);
         Ok(receipt)
+    }
+
+    async fn accept_many(&self, submissions: Vec<Submission>) -> Result<Vec<Receipt>, AcceptError> {
+        let endpoints: Vec<String> = submissions
+            .iter()
+            .map(|s| s.envelope.endpoint.clone())
+            .collect();
+        for e in &endpoints {
+            metrics::counter!(m::RECEIVED, "endpoint" => e.clone()).increment(1);
+        }
+        if let Some(e) = endpoints.first() {
+            self.status.contact(e, None);
+        }
+        let receipts = self.journal_many(submissions).await.map_err(|e| {
+            tracing::warn!(error = %e, "Submissions not journaled; the partner must resend.");
+            AcceptError::Unavailable(e.to_string())
+        })?;
+        for (endpoint, receipt) in endpoints.iter().zip(&receipts) {
+            count_verdicts(endpoint, receipt);
+        }
+        Ok(receipts)
     }
 
     async fn reject(

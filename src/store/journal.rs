@@ -392,8 +392,9 @@ const MSG_ENTITY: usize = 13;
 /// A submission turned into SQL rows before it reaches the store's writer, so the serial part
 /// of an accept (the single SQLite writer) only decides ids and duplicates and binds rows.
 pub struct Staged {
-    /// The transport unit's row first, then one per record.
+    /// The transport units' rows first (`transports` of them), then one per record.
     messages: Vec<Vec<Arg>>,
+    transports: usize,
     keys: Vec<Vec<Arg>>,
     /// Per record: its delivery rows.
     deliveries: Vec<Vec<Vec<Arg>>>,
@@ -476,6 +477,7 @@ pub fn stage(
     }
     Staged {
         messages,
+        transports: 1,
         keys,
         deliveries,
         records: staged,
@@ -492,6 +494,34 @@ pub async fn accept(
     records: Vec<PreparedRecord>,
 ) -> Result<Vec<RecordVerdict>, StoreError> {
     commit_staged(conn, stage(transport, transport_keys, records)).await
+}
+
+impl Staged {
+    /// Several transport units staged as one, committed by one `commit_staged`; its verdicts
+    /// are those of the parts' records in order.
+    pub fn merge(parts: Vec<Staged>) -> Staged {
+        let mut transports = Vec::new();
+        let mut records_rows = Vec::new();
+        let mut out = Staged {
+            messages: Vec::new(),
+            transports: 0,
+            keys: Vec::new(),
+            deliveries: Vec::new(),
+            records: Vec::new(),
+        };
+        for mut p in parts {
+            let recs = p.messages.split_off(p.transports);
+            out.transports += p.transports;
+            transports.append(&mut p.messages);
+            records_rows.extend(recs);
+            out.keys.append(&mut p.keys);
+            out.deliveries.append(&mut p.deliveries);
+            out.records.append(&mut p.records);
+        }
+        transports.append(&mut records_rows);
+        out.messages = transports;
+        out
+    }
 }
 
 /// The transactional half of `accept`: ids, duplicates, then the prepared rows.
@@ -566,7 +596,7 @@ pub async fn commit_staged(
     let mut verdicts = Vec::with_capacity(st.records.len());
     let mut delivery_rows = Vec::new();
     for (i, rec) in st.records.iter().enumerate() {
-        let row = &mut st.messages[i + 1];
+        let row = &mut st.messages[st.transports + i];
         if let Some(errors) = rec.errors.clone() {
             verdicts.push(RecordVerdict::Rejected {
                 message_id: rec.message_id,

@@ -34,7 +34,11 @@ pub struct AmqpInbound {
     inbox: Arc<dyn Inbox>,
 }
 
-type Journaled<'a> = Pin<Box<dyn Future<Output = (u64, Result<(), String>)> + Send + 'a>>;
+/// One burst of messages journaled together: each delivery tag with its result, in order.
+type Journaled<'a> = Pin<Box<dyn Future<Output = Vec<(u64, Result<(), String>)>> + Send + 'a>>;
+
+/// Most messages journaled in one store write.
+const BURST: usize = 512;
 
 /// What a message turned out to be before it reaches the journal.
 enum Parsed {
@@ -150,6 +154,8 @@ impl AmqpInbound {
         let limit = usize::from(cfg.prefetch.max(1));
         let mut inflight: FuturesOrdered<Journaled<'_>> = FuturesOrdered::new();
         let mut acks = Acks::default();
+        // Messages handed to the journal and not yet settled (the prefetch bounds it anyway).
+        let mut pending = 0usize;
         loop {
             let step = tokio::select! {
                 biased;
@@ -157,7 +163,7 @@ impl AmqpInbound {
                     // Finish what is being journaled and ack it; the broker requeues the rest
                     // of the prefetch when the channel closes.
                     while let Some(done) = inflight.next().await {
-                        acks.settle(done);
+                        done.into_iter().for_each(|x| acks.settle(x));
                     }
                     return match acks.flush(ch).await {
                         Ok(()) => Stop::Shutdown,
@@ -165,27 +171,49 @@ impl AmqpInbound {
                     };
                 }
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
-                    acks.settle(done);
+                    pending -= done.len();
+                    done.into_iter().for_each(|x| acks.settle(x));
                     // Everything else already journaled goes in the same ack: group commits
                     // finish many messages at once, and one `multiple` ack covers them all.
                     while let Some(Some(done)) = inflight.next().now_or_never() {
-                        acks.settle(done);
+                        pending -= done.len();
+                        done.into_iter().for_each(|x| acks.settle(x));
                     }
                     None
                 }
-                next = consumer.next(), if inflight.len() < limit => match next {
+                next = consumer.next(), if pending < limit => match next {
                     None => Some(Stop::Link(format!("the broker closed the consumer on queue {}", b.queue))),
                     Some(Err(e)) => Some(Stop::Link(format!("consumer on queue {} failed: {e}", b.queue))),
                     Some(Ok(d)) => {
-                        inflight.push_back(Box::pin(self.journal(b, d)));
-                        None
+                        // Whatever else the broker has already handed over goes into the same
+                        // journal write: one commit and a few statements for the whole burst.
+                        let mut burst = vec![d];
+                        let mut stop = None;
+                        while burst.len() < BURST && pending + burst.len() < limit {
+                            match consumer.next().now_or_never() {
+                                Some(Some(Ok(d))) => burst.push(d),
+                                Some(Some(Err(e))) => {
+                                    stop = Some(Stop::Link(format!("consumer on queue {} failed: {e}", b.queue)));
+                                    break;
+                                }
+                                Some(None) => {
+                                    stop = Some(Stop::Link(format!("the broker closed the consumer on queue {}", b.queue)));
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        pending += burst.len();
+                        inflight.push_back(Box::pin(self.journal(b, burst)));
+                        stop
                     }
                 },
             };
             if acks.failed.is_some() {
                 // Let the rest finish (each acked on its own), then give the failed ones back.
                 while let Some(done) = inflight.next().await {
-                    acks.settle(done);
+                    pending -= done.len();
+                    done.into_iter().for_each(|x| acks.settle(x));
                 }
             }
             if let Err(e) = acks.flush(ch).await {
@@ -200,29 +228,41 @@ impl AmqpInbound {
         }
     }
 
-    async fn journal(&self, b: &Binding, d: Delivery) -> (u64, Result<(), String>) {
-        let tag = d.delivery_tag;
-        let (env, parsed) = envelope(
-            &self.link.config().endpoint,
-            &self.link.config().system,
-            b,
-            d,
-        );
-        let result = match parsed {
-            Parsed::Records(records) => self
-                .inbox
-                .accept(Submission {
-                    envelope: env,
-                    records,
-                })
-                .await
-                .map(|_| ()),
-            Parsed::Refused { code, reason } => {
-                tracing::info!(endpoint = %env.endpoint, code, reason = %reason, "AMQP message refused; journaled as rejected and acked.");
-                self.inbox.reject(env, code, &reason).await.map(|_| ())
+    /// Journals a burst of messages: their submissions in one `accept_many`, refused ones one
+    /// by one. Every message of a failed `accept_many` is failed (none may be acked).
+    async fn journal(&self, b: &Binding, burst: Vec<Delivery>) -> Vec<(u64, Result<(), String>)> {
+        let cfg = self.link.config();
+        let mut results: Vec<(u64, Result<(), String>)> = Vec::with_capacity(burst.len());
+        let mut submissions = Vec::new();
+        let mut at = Vec::new();
+        for d in burst {
+            let tag = d.delivery_tag;
+            let (env, parsed) = envelope(&cfg.endpoint, &cfg.system, b, d);
+            match parsed {
+                Parsed::Records(records) => {
+                    at.push(results.len());
+                    results.push((tag, Ok(())));
+                    submissions.push(Submission {
+                        envelope: env,
+                        records,
+                    });
+                }
+                Parsed::Refused { code, reason } => {
+                    tracing::info!(endpoint = %env.endpoint, code, reason = %reason, "AMQP message refused; journaled as rejected and acked.");
+                    let r = self.inbox.reject(env, code, &reason).await;
+                    results.push((tag, r.map(|_| ()).map_err(|e| e.to_string())));
+                }
             }
-        };
-        (tag, result.map_err(|e| e.to_string()))
+        }
+        if !submissions.is_empty()
+            && let Err(e) = self.inbox.accept_many(submissions).await
+        {
+            let e = e.to_string();
+            for i in at {
+                results[i].1 = Err(e.clone());
+            }
+        }
+        results
     }
 }
 

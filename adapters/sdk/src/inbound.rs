@@ -62,6 +62,19 @@ pub trait Inbox: Send + Sync {
     /// their reasons), atomically.
     async fn accept(&self, submission: Submission) -> Result<Receipt, AcceptError>;
 
+    /// Journals several transport units at once (an AMQP consumer's burst of messages), in one
+    /// store transaction where the journal can: per-commit and per-statement costs are paid once
+    /// for all. Receipts come back in order. On `Err` none of them may be acked; some may have
+    /// been journaled (the default does one `accept` after another), which their redelivery
+    /// finds as duplicates.
+    async fn accept_many(&self, submissions: Vec<Submission>) -> Result<Vec<Receipt>, AcceptError> {
+        let mut out = Vec::with_capacity(submissions.len());
+        for s in submissions {
+            out.push(self.accept(s).await?);
+        }
+        Ok(out)
+    }
+
     /// Journals a transport unit refused as a whole (bad credentials, unparseable body, too
     /// large, wrong content type) with the reason given to the partner, so operators can find it.
     async fn reject(

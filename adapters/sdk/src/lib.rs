@@ -4,6 +4,8 @@
 
 pub mod envelope;
 pub mod error;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod inbound;
 pub mod outbound;
 #[cfg(feature = "testkit")]

@@ -1,54 +1,20 @@
 //! Outbound classification: the one place that turns a DCS answer (HTTP status, SOAP Fault or
 //! response) or a transport failure into `Delivered`, `Retry` or `Reject`. Pure, no I/O.
 
-use std::time::Duration;
-
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode, header};
 use synchub_adapter_sdk::Outcome;
-use synchub_adapter_sdk::error::cause_chain;
+pub use synchub_adapter_sdk::http::{
+    REASON_BODY_BYTES, TransportFailure, body_excerpt, classify_error, classify_transport,
+    parse_retry_after, status_line,
+};
 
 use crate::soap::{Answer, FaultClass, read_answer};
 
-/// How many bytes of a partner's answer go into a `reason`.
-pub const REASON_BODY_BYTES: usize = 500;
 /// Depth limit when reading a partner's answer: a fault or a response is shallow.
 const ANSWER_MAX_DEPTH: usize = 32;
 /// The response element child that names what DCS created.
 const TASK_ID: &str = "taskId";
-
-/// What kind of transport failure ended an attempt before a complete answer was read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportFailure {
-    /// The attempt took longer than `timeout_ms`.
-    Timeout,
-    /// No connection: refused, DNS failure, TLS handshake failure.
-    Connect,
-    /// The answer broke off while being read.
-    Body,
-    /// The request could not be built; sending it again cannot help.
-    Request,
-    /// Anything else (connection reset mid-request, protocol error).
-    Other,
-}
-
-impl TransportFailure {
-    /// A connect timeout is both `is_connect` and `is_timeout`: reported as a timeout, which is
-    /// what an operator tunes.
-    pub fn of(e: &reqwest::Error) -> TransportFailure {
-        if e.is_builder() {
-            TransportFailure::Request
-        } else if e.is_timeout() {
-            TransportFailure::Timeout
-        } else if e.is_connect() {
-            TransportFailure::Connect
-        } else if e.is_body() || e.is_decode() {
-            TransportFailure::Body
-        } else {
-            TransportFailure::Other
-        }
-    }
-}
 
 /// Classifies an answer DCS gave. `body` is a bounded prefix of the response body; `now`
 /// anchors `Retry-After` dates.
@@ -147,82 +113,12 @@ fn describe(status: StatusCode, answer: Option<&Answer>, body: &[u8]) -> String 
     }
 }
 
-/// Classifies a failure that left no complete answer. `chain` is the error's cause chain.
-pub fn classify_transport(kind: TransportFailure, chain: Vec<String>) -> Outcome {
-    let what = match kind {
-        TransportFailure::Timeout => "timed out",
-        TransportFailure::Connect => "could not connect",
-        TransportFailure::Body => "answer broke off while reading it",
-        TransportFailure::Request => "request could not be built",
-        TransportFailure::Other => "transport error",
-    };
-    let reason = match chain.last() {
-        Some(root) => format!("{what}: {root}"),
-        None => what.to_owned(),
-    };
-    match kind {
-        TransportFailure::Request => Outcome::Reject {
-            reason,
-            cause_chain: chain,
-        },
-        _ => Outcome::Retry {
-            reason,
-            after: None,
-            cause_chain: chain,
-        },
-    }
-}
-
-/// [`classify_transport`] for a reqwest error, with its cause chain.
-pub fn classify_error(e: &reqwest::Error) -> Outcome {
-    classify_transport(TransportFailure::of(e), cause_chain(e))
-}
-
-/// Parses `Retry-After`: delay-seconds or an HTTP-date. A past date means zero; garbage `None`.
-pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let v = value.trim();
-    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        return v.parse::<u64>().ok().map(Duration::from_secs);
-    }
-    let at = DateTime::parse_from_rfc2822(v)
-        .map(|d| d.with_timezone(&Utc))
-        .ok()
-        .or_else(|| {
-            ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"]
-                .iter()
-                .find_map(|f| NaiveDateTime::parse_from_str(v, f).ok())
-                .map(|n| n.and_utc())
-        })?;
-    Some((at - now).to_std().unwrap_or(Duration::ZERO))
-}
-
-fn status_line(status: StatusCode) -> String {
-    match status.canonical_reason() {
-        Some(r) => format!("HTTP {} {r}", status.as_u16()),
-        None => format!("HTTP {}", status.as_u16()),
-    }
-}
-
-/// The first [`REASON_BODY_BYTES`] bytes of a body as one line of text.
-pub fn body_excerpt(body: &[u8]) -> String {
-    let head = &body[..body.len().min(REASON_BODY_BYTES)];
-    let head = match std::str::from_utf8(head) {
-        Err(e) if e.error_len().is_none() => &head[..e.valid_up_to()],
-        _ => head,
-    };
-    String::from_utf8_lossy(head)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .trim()
-        .to_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::soap::{Fault, SoapVersion, envelope};
     use http::HeaderValue;
+    use std::time::Duration;
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-25T08:00:00Z")

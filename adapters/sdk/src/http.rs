@@ -1,0 +1,122 @@
+//! HTTP-based adapters' shared outcome rules (feature `http`): transport failures, `Retry-After`
+//! and the wording of reasons, so REST and SOAP classify alike. Pure functions, no I/O.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use http::StatusCode;
+
+use crate::error::cause_chain;
+use crate::outbound::Outcome;
+
+/// How many bytes of a partner's answer go into a `reason`.
+pub const REASON_BODY_BYTES: usize = 500;
+
+/// What kind of transport failure ended an attempt before a complete answer was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFailure {
+    /// The attempt took longer than `timeout_ms` (connect, send or read).
+    Timeout,
+    /// No connection: refused, DNS failure, TLS handshake failure.
+    Connect,
+    /// The answer's body broke off while being read.
+    Body,
+    /// The request could not even be built from this delivery (e.g. a header value with a line
+    /// break). Sending it again cannot help.
+    Request,
+    /// Anything else reqwest reports (connection reset mid-request, protocol error).
+    Other,
+}
+
+impl TransportFailure {
+    /// Sorts a reqwest error into a kind. Order matters: a connect timeout is both `is_connect`
+    /// and `is_timeout`; we report it as a timeout, which is what an operator tunes.
+    pub fn of(e: &reqwest::Error) -> TransportFailure {
+        if e.is_builder() {
+            TransportFailure::Request
+        } else if e.is_timeout() {
+            TransportFailure::Timeout
+        } else if e.is_connect() {
+            TransportFailure::Connect
+        } else if e.is_body() || e.is_decode() {
+            TransportFailure::Body
+        } else {
+            TransportFailure::Other
+        }
+    }
+}
+
+/// Classifies a failure that left no complete answer. `chain` is the error's cause chain.
+pub fn classify_transport(kind: TransportFailure, chain: Vec<String>) -> Outcome {
+    let what = match kind {
+        TransportFailure::Timeout => "timed out",
+        TransportFailure::Connect => "could not connect",
+        TransportFailure::Body => "answer broke off while reading it",
+        TransportFailure::Request => "request could not be built",
+        TransportFailure::Other => "transport error",
+    };
+    let reason = match chain.last() {
+        Some(root) => format!("{what}: {root}"),
+        None => what.to_owned(),
+    };
+    match kind {
+        TransportFailure::Request => Outcome::Reject {
+            reason,
+            cause_chain: chain,
+        },
+        _ => Outcome::Retry {
+            reason,
+            after: None,
+            cause_chain: chain,
+        },
+    }
+}
+
+/// [`classify_transport`] for a reqwest error, with its cause chain.
+pub fn classify_error(e: &reqwest::Error) -> Outcome {
+    classify_transport(TransportFailure::of(e), cause_chain(e))
+}
+
+/// Parses `Retry-After`: delay-seconds or an HTTP-date (IMF-fixdate, RFC 850, asctime; RFC 9110
+/// §10.2.3). A date in the past means "now" (zero). Garbage gives `None` (the dispatcher's own
+/// backoff applies).
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let v = value.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse::<u64>().ok().map(Duration::from_secs);
+    }
+    let at = DateTime::parse_from_rfc2822(v)
+        .map(|d| d.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(v, f).ok())
+                .map(|n| n.and_utc())
+        })?;
+    Some((at - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+/// `HTTP 503 Service Unavailable`, for reasons.
+pub fn status_line(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(r) => format!("HTTP {} {r}", status.as_u16()),
+        None => format!("HTTP {}", status.as_u16()),
+    }
+}
+
+/// The first [`REASON_BODY_BYTES`] bytes of a body as one line of text. A multi-byte character
+/// cut at the limit is dropped rather than shown as garbage; other invalid bytes become U+FFFD.
+pub fn body_excerpt(body: &[u8]) -> String {
+    let head = &body[..body.len().min(REASON_BODY_BYTES)];
+    let head = match std::str::from_utf8(head) {
+        Err(e) if e.error_len().is_none() => &head[..e.valid_up_to()],
+        _ => head,
+    };
+    String::from_utf8_lossy(head)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}

@@ -4,22 +4,20 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::body::{Body, HttpBody};
 use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Value, json};
+use synchub_adapter_sdk::http::{BodyEnd, BodyRead, correlation_id, read_bounded};
 use synchub_adapter_sdk::{
     ContentType, Envelope, FieldError, Inbox, Principal, RecordIn, RecordVerdict, Submission,
 };
-use uuid::Uuid;
 
 use crate::config::{InboundConfig, hash_key};
 
@@ -51,9 +49,6 @@ pub const ENV_TRUNCATED: &str = "rest.truncated";
 /// At most this much of an unauthenticated request's body is read and journaled: enough for an
 /// operator to see what arrived, without letting anyone on the network fill the journal.
 pub const UNAUTHENTICATED_BODY_BYTES: usize = 64 * 1024;
-
-/// Longest correlation id taken from a partner; a longer or malformed one is replaced.
-const MAX_CORRELATION_ID: usize = 128;
 
 /// What a path means: the record type it carries and whether it needs a dealer-bound key.
 #[derive(Debug, Clone, Copy)]
@@ -395,16 +390,6 @@ fn is_json_utf8(content_type: Option<&str>) -> bool {
     })
 }
 
-/// The partner's `X-Correlation-Id` when it is a sane token, else a fresh uuid v7.
-fn correlation_id(headers: &HeaderMap) -> String {
-    headers
-        .get(HEADER_CORRELATION_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && c.len() <= MAX_CORRELATION_ID)
-        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned)
-}
-
 /// The dashboard pretty-prints by content type, so a refused XML or CSV body is labelled as such.
 fn content_type_of(declared: Option<&str>) -> ContentType {
     let mime = declared
@@ -525,62 +510,11 @@ fn unavailable() -> Response {
     resp
 }
 
-/// How reading the body ended.
-enum BodyEnd {
-    Complete,
-    /// More than the limit was sent; `bytes` holds the first `limit` bytes.
-    TooLarge,
-    /// The client broke off or sent a malformed body; `bytes` holds what arrived.
-    Broken(String),
-}
-
-struct BodyRead {
-    bytes: Bytes,
-    end: BodyEnd,
-}
-
-/// Reads the body frame by frame up to `limit`, keeping what arrived even when the body is too
-/// large or breaks off, so the refusal can be journaled with it (a tower limit layer would only
-/// say "too large").
-async fn read_bounded(mut body: Body, limit: usize) -> BodyRead {
-    let mut buf = BytesMut::new();
-    loop {
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
-        match frame {
-            None => {
-                return BodyRead {
-                    bytes: buf.freeze(),
-                    end: BodyEnd::Complete,
-                };
-            }
-            Some(Err(e)) => {
-                return BodyRead {
-                    bytes: buf.freeze(),
-                    end: BodyEnd::Broken(e.to_string()),
-                };
-            }
-            Some(Ok(frame)) => {
-                // Trailers carry nothing we journal.
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                let room = limit - buf.len();
-                if data.len() > room {
-                    buf.extend_from_slice(&data[..room]);
-                    return BodyRead {
-                        bytes: buf.freeze(),
-                        end: BodyEnd::TooLarge,
-                    };
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use uuid::Uuid;
 
     #[test]
     fn json_content_types() {

@@ -120,3 +120,74 @@ pub fn body_excerpt(body: &[u8]) -> String {
         .trim()
         .to_owned()
 }
+
+/// The partner's `X-Correlation-Id` when it is a sane token (1 to 128 characters), else a fresh
+/// uuid v7: it is carried into every hop and outbound header, so it must stay small.
+pub fn correlation_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && c.len() <= 128)
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
+/// How reading a request body ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyEnd {
+    Complete,
+    /// More than the limit was sent; `bytes` holds the first `limit` bytes.
+    TooLarge,
+    /// The client broke off or sent a malformed body; `bytes` holds what arrived.
+    Broken(String),
+}
+
+/// What arrived of a request body, and how it ended.
+#[derive(Debug, Clone)]
+pub struct BodyRead {
+    pub bytes: bytes::Bytes,
+    pub end: BodyEnd,
+}
+
+/// Reads a body frame by frame up to `limit`, keeping what arrived even when the body is too
+/// large or breaks off, so the refusal can be journaled with it (a tower limit layer would only
+/// say "too large").
+pub async fn read_bounded<B>(mut body: B, limit: usize) -> BodyRead
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            None => {
+                return BodyRead {
+                    bytes: buf.freeze(),
+                    end: BodyEnd::Complete,
+                };
+            }
+            Some(Err(e)) => {
+                return BodyRead {
+                    bytes: buf.freeze(),
+                    end: BodyEnd::Broken(e.to_string()),
+                };
+            }
+            Some(Ok(frame)) => {
+                // Trailers carry nothing we journal.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let room = limit - buf.len();
+                if data.len() > room {
+                    buf.extend_from_slice(&data[..room]);
+                    return BodyRead {
+                        bytes: buf.freeze(),
+                        end: BodyEnd::TooLarge,
+                    };
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+}

@@ -4,19 +4,17 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, HttpBody};
 use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::Utc;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use synchub_adapter_sdk::http::{BodyEnd, BodyRead, correlation_id, read_bounded};
 use synchub_adapter_sdk::{ContentType, Envelope, Inbox, Principal, RecordVerdict, Submission};
-use uuid::Uuid;
 
 use crate::config::SoapInboundConfig;
 use crate::soap::{
@@ -66,7 +64,6 @@ pub const UNAUTHENTICATED_BODY_BYTES: usize = 1024 * 1024;
 /// Bodies above this size are parsed on the blocking pool so a large batch does not stall the
 /// async workers serving other requests.
 const PARSE_INLINE_MAX: usize = 256 * 1024;
-const MAX_CORRELATION_ID: usize = 128;
 
 struct Shared {
     cfg: SoapInboundConfig,
@@ -551,66 +548,6 @@ fn unavailable(version: SoapVersion) -> Response {
     resp
 }
 
-/// The partner's `X-Correlation-Id` when it is a sane token, else a fresh uuid v7.
-fn correlation_id(headers: &HeaderMap) -> String {
-    headers
-        .get(HEADER_CORRELATION_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && c.len() <= MAX_CORRELATION_ID)
-        .map_or_else(|| Uuid::now_v7().to_string(), str::to_owned)
-}
-
-enum BodyEnd {
-    Complete,
-    /// More than the limit was sent; `bytes` holds the first `limit` bytes.
-    TooLarge,
-    /// The client broke off or sent a malformed body; `bytes` holds what arrived.
-    Broken(String),
-}
-
-struct BodyRead {
-    bytes: Bytes,
-    end: BodyEnd,
-}
-
-/// Reads the body frame by frame up to `limit`, keeping what arrived even when it is too large
-/// or breaks off, so the refusal can be journaled with it.
-async fn read_bounded(mut body: Body, limit: usize) -> BodyRead {
-    let mut buf = BytesMut::new();
-    loop {
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
-        match frame {
-            None => {
-                return BodyRead {
-                    bytes: buf.freeze(),
-                    end: BodyEnd::Complete,
-                };
-            }
-            Some(Err(e)) => {
-                return BodyRead {
-                    bytes: buf.freeze(),
-                    end: BodyEnd::Broken(e.to_string()),
-                };
-            }
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                let room = limit - buf.len();
-                if data.len() > room {
-                    buf.extend_from_slice(&data[..room]);
-                    return BodyRead {
-                        bytes: buf.freeze(),
-                        end: BodyEnd::TooLarge,
-                    };
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,12 +568,5 @@ mod tests {
     #[test]
     fn shipped_wsdl_has_the_replaceable_address_on_both_ports() {
         assert_eq!(WSDL.matches(WSDL_SHIPPED_ADDRESS).count(), 2);
-    }
-
-    #[tokio::test]
-    async fn read_bounded_keeps_the_first_part() {
-        let r = read_bounded(Body::from("0123456789"), 4).await;
-        assert!(matches!(r.end, BodyEnd::TooLarge));
-        assert_eq!(&r.bytes[..], b"0123");
     }
 }

@@ -486,36 +486,8 @@ impl Pipeline {
     }
 
     async fn journal(&self, submission: Submission) -> Result<Receipt, StoreError> {
-        let env = &submission.envelope;
-        let prepared: Vec<PreparedRecord> = submission
-            .records
-            .iter()
-            .map(|r| {
-                self.prepare_record(
-                    env,
-                    r.index,
-                    &r.record_type,
-                    r.source_ref.as_deref(),
-                    &r.body,
-                    "record",
-                    None,
-                )
-            })
-            .collect();
-        let transport = Self::transport_message(env, "received", None);
-        let message_id = env.id;
-        // Rows are built here, on the caller's task; the store's writer only decides ids and
-        // duplicates and runs the statements.
-        let staged = journal::stage(&transport, &[], prepared);
-        let verdicts = self
-            .store
-            .write(move |c| Box::pin(async move { journal::commit_staged(c, staged).await }))
-            .await?;
-        self.wake.notify_one();
-        Ok(Receipt {
-            message_id,
-            records: verdicts,
-        })
+        let mut receipts = self.journal_many(vec![submission]).await?;
+        Ok(receipts.remove(0))
     }
 }
 

@@ -38,6 +38,7 @@ pub struct Application {
     links: Vec<Arc<Link>>,
     consumers: Vec<Arc<AmqpInbound>>,
     sftp: Arc<crate::sftp::SftpEndpoints>,
+    metrics_refresh: std::time::Duration,
 }
 
 /// Drops raw payloads of finished messages after the retention period, on a cron schedule.
@@ -141,6 +142,8 @@ pub struct Assembled {
     pub consumers: Vec<Arc<AmqpInbound>>,
     /// SFTP endpoints; the enabled inbound ones poll while running.
     pub sftp: Arc<crate::sftp::SftpEndpoints>,
+    /// How often the flow gauges are re-read.
+    pub metrics_refresh: std::time::Duration,
 }
 
 impl Application {
@@ -161,6 +164,7 @@ impl Application {
             links: a.links,
             consumers: a.consumers,
             sftp: a.sftp,
+            metrics_refresh: a.metrics_refresh,
         })
     }
 
@@ -376,6 +380,9 @@ impl Application {
             links,
             consumers,
             sftp,
+            metrics_refresh: std::time::Duration::from_secs(
+                settings.http.metrics_refresh_secs.max(1),
+            ),
         })
     }
 
@@ -426,6 +433,18 @@ impl Application {
             tokio::spawn(async {})
         };
         tokio::spawn(self.purge.run(stop_rx.clone()));
+        tokio::spawn(crate::monitor::run(
+            self.store.clone(),
+            self.metrics_refresh,
+            self.pipeline
+                .routes()
+                .routes()
+                .iter()
+                .map(|r| r.id.clone())
+                .collect(),
+            crate::telemetry::prometheus(),
+            stop_rx.clone(),
+        ));
         tokio::spawn(
             self.dispatcher
                 .clone()

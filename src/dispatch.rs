@@ -359,15 +359,15 @@ impl Dispatcher {
                         journal::complete_many(conn, &done).await?;
                         Ok(done
                             .into_iter()
-                            .map(|(c, a)| (c, a.status))
+                            .map(|(c, a)| (c, a.status, a.duration_ms))
                             .collect::<Vec<_>>())
                     })
                 })
                 .await;
             match res {
                 Ok(list) => {
-                    for (c, status) in &list {
-                        self.count(c, status);
+                    for (c, status, duration_ms) in &list {
+                        self.count(c, status, *duration_ms);
                     }
                     self.wake.notify_one();
                 }
@@ -475,14 +475,14 @@ impl Dispatcher {
 
     async fn record(&self, c: &Claimed, outcome: &Outcome, started_at: i64, t0: Instant) {
         let a = plan(c, outcome, started_at, t0.elapsed().as_millis() as i64);
-        let status = a.status;
+        let (status, duration_ms) = (a.status, a.duration_ms);
         let c2 = c.clone();
         match self
             .store
             .write(move |conn| Box::pin(async move { journal::complete(conn, &c2, &a).await }))
             .await
         {
-            Ok(true) => self.count(c, status),
+            Ok(true) => self.count(c, status, duration_ms),
             Ok(false) => tracing::warn!(
                 delivery = c.id,
                 "Lease lost before the outcome was recorded; another instance owns it."
@@ -493,20 +493,23 @@ impl Dispatcher {
         }
     }
 
-    fn count(&self, c: &Claimed, status: &'static str) {
+    fn count(&self, c: &Claimed, status: &'static str, duration_ms: i64) {
         let outcome = match status {
             "pending" => "retry",
             other => other,
         };
-        metrics::counter!(m::ATTEMPTS, "target" => c.target.clone(), "outcome" => outcome)
+        let (target, route) = (c.target.clone(), c.route.clone());
+        metrics::counter!(m::ATTEMPTS, "target" => target.clone(), "route" => route.clone(), "outcome" => outcome)
             .increment(1);
+        metrics::histogram!(m::ATTEMPT_SECONDS, "target" => target.clone(), "outcome" => outcome)
+            .record(duration_ms.max(0) as f64 / 1000.0);
         match status {
-            "pending" => metrics::counter!(m::RETRIED, "target" => c.target.clone()).increment(1),
+            "pending" => metrics::counter!(m::RETRIED, "target" => target, "route" => route).increment(1),
             "parked" => {
                 tracing::error!(delivery = c.id, target = %c.target, route = %c.route, "Delivery parked after its last attempt; an operator must act.");
-                metrics::counter!(m::DELIVERIES, "target" => c.target.clone(), "outcome" => "parked").increment(1)
+                metrics::counter!(m::DELIVERIES, "target" => target, "route" => route, "outcome" => "parked").increment(1)
             }
-            s => metrics::counter!(m::DELIVERIES, "target" => c.target.clone(), "outcome" => s)
+            s => metrics::counter!(m::DELIVERIES, "target" => target, "route" => route, "outcome" => s)
                 .increment(1),
         }
         if status == "delivered" {

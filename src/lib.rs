@@ -10,6 +10,7 @@
 //! - `dispatch`: claims due deliveries, calls outbound adapters, retries, parks.
 //! - `crm`: the CRM store sink (upserts, history, matching, approvals, change events).
 //! - `sftp`: SFTP endpoints: adapter configs, the store-backed file ledger, poll scheduling.
+//! - `monitor`: flow gauges (backlog, age, parked, freshness) for Prometheus.
 //! - `status`: live endpoint state (up, degraded, down; last contact and error).
 //! - `http`: ops API, CRM read API, health and metrics.
 //! - `app`: builds and runs the whole hub (shared by `main` and the tests).
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod crm;
 pub mod dispatch;
 pub mod http;
+pub mod monitor;
 pub mod pipeline;
 pub mod routing;
 pub mod settings;

@@ -116,6 +116,10 @@ impl Pipeline {
         &self.mappings
     }
 
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
     /// Validates, routes and maps one record. `Err` carries the reasons it is rejected.
     /// `mapping_override` replays through a given mapping version.
     fn route_record(

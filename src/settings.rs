@@ -249,6 +249,14 @@ pub struct HttpSettings {
     /// Largest accepted array of records in one request; longer arrays are refused.
     #[serde(default = "default_max_records")]
     pub max_records: usize,
+    /// Seconds between readings of the flow gauges `/metrics` shows (backlog, age, parked,
+    /// freshness).
+    #[serde(default = "default_metrics_refresh_secs")]
+    pub metrics_refresh_secs: u64,
+}
+
+fn default_metrics_refresh_secs() -> u64 {
+    10
 }
 
 fn default_listen() -> String {
@@ -269,6 +277,7 @@ impl Default for HttpSettings {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
             max_records: default_max_records(),
+            metrics_refresh_secs: default_metrics_refresh_secs(),
         }
     }
 }

@@ -20,7 +20,13 @@ async fn health_metrics_and_endpoint_state() {
         "from = \"partners_rest_in\"\nrecord_type = \"lead\"\nvalidate = \"lead\"\nto = [\"partner_out\"]\n\
          [retry]\nmax_attempts = 4\nbackoff_ms = 10\nmax_backoff_ms = 20\n",
     );
-    let hub = TestHub::spawn_with(Backend::Sqlite, cfg, &[]).await;
+    // Flow gauges re-read every second, so the parked delivery shows before the assertions.
+    let hub = TestHub::spawn_with(
+        Backend::Sqlite,
+        cfg,
+        &[("SYNCHUB__HTTP__METRICS_REFRESH_SECS", "1")],
+    )
+    .await;
     let live = hub
         .client
         .get(format!("{}/health/live", hub.base))
@@ -53,6 +59,7 @@ async fn health_metrics_and_endpoint_state() {
         .await;
     assert_eq!(s, 401);
     hub.settle(30).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
     let (_, eps) = hub.get("/api/v1/endpoints", ADMIN).await;
     let find = |id: &str| {
@@ -85,15 +92,26 @@ async fn health_metrics_and_endpoint_state() {
         "hub_messages_received_total{endpoint=\"partners_rest_in\"}",
         "hub_records_total{endpoint=\"partners_rest_in\",outcome=\"accepted\"}",
         "hub_messages_refused_total{endpoint=\"partners_rest_in\",code=\"unauthorized\"}",
-        "hub_delivery_attempts_total{target=\"partner_out\",outcome=\"retry\"}",
-        "hub_deliveries_total{target=\"partner_out\",outcome=\"parked\"}",
-        "hub_deliveries_total{target=\"crm_store\",outcome=\"delivered\"}",
+        "hub_delivery_attempts_total{target=\"partner_out\",route=\"leads_to_partner\",outcome=\"retry\"}",
+        "hub_deliveries_total{target=\"partner_out\",route=\"leads_to_partner\",outcome=\"parked\"}",
+        "hub_deliveries_total{target=\"crm_store\",route=\"leads_to_crm\",outcome=\"delivered\"}",
+        "hub_delivery_attempt_duration_seconds_bucket{target=\"partner_out\",outcome=\"retry\",le=\"30\"} 3",
+        "hub_flow_parked{route=\"leads_to_partner\"} 1",
+        "hub_flow_backlog{route=\"leads_to_crm\"} 0",
     ] {
         assert!(
             metrics.contains(needle),
             "metrics lack {needle}:\n{metrics}"
         );
     }
+    assert!(
+        metrics.contains("hub_flow_freshness_seconds{route=\"leads_to_crm\"}"),
+        "a route that delivered has a freshness:\n{metrics}"
+    );
+    assert!(
+        !metrics.contains("hub_flow_freshness_seconds{route=\"leads_to_partner\"}"),
+        "a route that never delivered has no freshness to alert on"
+    );
     assert!(
         !metrics.contains("13760001234"),
         "no business keys in metric labels"

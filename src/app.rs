@@ -339,6 +339,10 @@ impl Application {
                     crm.insert(id.clone(), c.key_field_approval);
                     endpoint_kinds.push((id.clone(), "crm store".to_string()));
                 }
+                // Read by `synchub import`, which hands its rows to the pipeline itself.
+                EndpointConfig::Import(_) => {
+                    endpoint_kinds.push((id.clone(), "import".to_string()));
+                }
             }
         }
         let sftp = Arc::new(sftp);

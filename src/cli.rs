@@ -1,4 +1,4 @@
-//! The command line: `synchub run | check | migrate | replay`, each with `--help`.
+//! The command line: `synchub run | check | migrate | replay | import`, each with `--help`.
 
 use std::path::PathBuf;
 
@@ -37,4 +37,38 @@ pub enum Command {
         #[arg(long)]
         mapping_version: Option<u32>,
     },
+    /// Migrate legacy customers, vehicles or dealers from a CSV file into the CRM store with
+    /// the cleansing rules of the `import` endpoint; writes a validation report. Run it again
+    /// with the same file to resume an interrupted import. Exit code 0 when the report's
+    /// go-live check passes, 3 when it fails.
+    Import {
+        /// What the file holds.
+        #[arg(long, value_enum)]
+        entity: crate::import::ImportEntity,
+        /// The CSV file (header row first).
+        file: PathBuf,
+        /// `utf-8` or `gb18030` (default: the endpoint's `charset`).
+        #[arg(long, value_parser = parse_charset)]
+        charset: Option<synchub_adapter_sftp::Charset>,
+        /// Analyse and write the report only; the store is not changed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where report.md, report.html, rejected.csv and flagged.csv go.
+        #[arg(long, default_value = "import-report")]
+        report_dir: PathBuf,
+        /// The `type = "import"` endpoint whose rules apply (default: the only one).
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// Seconds to wait for the CRM store to apply the journaled rows.
+        #[arg(long, default_value_t = 600)]
+        apply_timeout_secs: u64,
+    },
+}
+
+fn parse_charset(s: &str) -> Result<synchub_adapter_sftp::Charset, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "utf-8" | "utf8" => Ok(synchub_adapter_sftp::Charset::Utf8),
+        "gb18030" | "gbk" => Ok(synchub_adapter_sftp::Charset::Gb18030),
+        other => Err(format!("unknown charset `{other}`: utf-8 or gb18030")),
+    }
 }

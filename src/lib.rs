@@ -10,6 +10,7 @@
 //! - `dispatch`: claims due deliveries, calls outbound adapters, retries, parks.
 //! - `crm`: the CRM store sink (upserts, history, matching, approvals, change events).
 //! - `sftp`: SFTP endpoints: adapter configs, the store-backed file ledger, poll scheduling.
+//! - `import`: `synchub import`, legacy CSV migration with cleansing rules and a report.
 //! - `monitor`: flow gauges (backlog, age, parked, freshness) for Prometheus.
 //! - `status`: live endpoint state (up, degraded, down; last contact and error).
 //! - `http`: ops API, CRM read API, health and metrics.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod crm;
 pub mod dispatch;
 pub mod http;
+pub mod import;
 pub mod monitor;
 pub mod pipeline;
 pub mod routing;

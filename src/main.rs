@@ -94,6 +94,45 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ids.len()
             );
         }
+        Command::Import {
+            entity,
+            file,
+            charset,
+            dry_run,
+            report_dir,
+            endpoint,
+            apply_timeout_secs,
+        } => {
+            let (endpoint, rules) = synchub::import::endpoint(&settings, endpoint.as_deref())?;
+            let rules = rules.clone();
+            let app = Application::assemble(settings)
+                .await
+                .context("Failed to open synchub")?;
+            let opts = synchub::import::ImportOptions {
+                endpoint,
+                entity,
+                file,
+                charset,
+                dry_run,
+                report_dir: report_dir.clone(),
+                apply_timeout: std::time::Duration::from_secs(apply_timeout_secs),
+            };
+            let report = synchub::import::run(&app, &rules, &opts).await?;
+            app.store.close().await;
+            println!(
+                "synchub import: {} rows: {} imported, {} merged, {} rejected, {} flagged; go-live check {}; report in {}",
+                report.source_rows,
+                report.imported,
+                report.merged,
+                report.rejected,
+                report.flagged,
+                if report.go_live() { "PASS" } else { "FAIL" },
+                report_dir.join("report.md").display()
+            );
+            if !report.go_live() {
+                return Ok(ExitCode::from(3));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

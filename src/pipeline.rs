@@ -291,7 +291,16 @@ impl Pipeline {
         };
         let value = match body {
             Ok(v) => v,
-            Err(errors) => return rejected(message, keys, errors.clone()),
+            Err(errors) => {
+                // A record the adapter could not read still has its reference: findable by it.
+                if let Some(r) = source_ref
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty() && r.len() <= 128)
+                {
+                    keys.push(("source_ref", r.to_string()));
+                }
+                return rejected(message, keys, errors.clone());
+            }
         };
         collect_keys(value, &mut keys);
         let routed = match self.route_record(

@@ -564,6 +564,9 @@ pub enum EndpointConfig {
     /// `type = "soap"`: `in` serves the OSM vehicle service (IF-01); `out` calls DCS
     /// `PublishCampaignTask` (IF-07).
     Soap(SoapEndpoint),
+    /// `type = "import"`: legacy CSV files read by `synchub import`, with the cleansing rules
+    /// of the migration (see `crate::import`).
+    Import(crate::import::ImportEndpoint),
 }
 
 /// `type = "soap"`.
@@ -805,7 +808,7 @@ impl Default for CrmStoreEndpoint {
 
 impl EndpointConfig {
     /// The `type` value of each kind, in variant order.
-    pub const TYPES: [&'static str; 5] = ["rest", "crm_store", "amqp", "sftp", "soap"];
+    pub const TYPES: [&'static str; 6] = ["rest", "crm_store", "amqp", "sftp", "soap", "import"];
 
     /// The `type` value of this endpoint.
     pub fn type_name(&self) -> &'static str {
@@ -815,6 +818,7 @@ impl EndpointConfig {
             EndpointConfig::Amqp(_) => "amqp",
             EndpointConfig::Sftp(_) => "sftp",
             EndpointConfig::Soap(_) => "soap",
+            EndpointConfig::Import(_) => "import",
         }
     }
 
@@ -826,7 +830,7 @@ impl EndpointConfig {
             EndpointConfig::Amqp(a) => a.direction == Direction::In,
             EndpointConfig::Sftp(s) => s.direction == Direction::In,
             EndpointConfig::Soap(x) => x.direction == Direction::In,
-            EndpointConfig::CrmStore(_) => true,
+            EndpointConfig::CrmStore(_) | EndpointConfig::Import(_) => true,
         }
     }
 
@@ -838,6 +842,7 @@ impl EndpointConfig {
             EndpointConfig::Sftp(s) => s.direction == Direction::Out,
             EndpointConfig::Soap(x) => x.direction == Direction::Out,
             EndpointConfig::CrmStore(_) => true,
+            EndpointConfig::Import(_) => false,
         }
     }
 
@@ -870,7 +875,7 @@ impl EndpointConfig {
                 .map(|var| ("password_env", var))
                 .into_iter()
                 .collect(),
-            EndpointConfig::CrmStore(_) => Vec::new(),
+            EndpointConfig::CrmStore(_) | EndpointConfig::Import(_) => Vec::new(),
         }
     }
 }
@@ -1691,6 +1696,9 @@ fn load_endpoint(
         "sftp" => {
             deserialize_collecting(body, key_path, origins, problems).map(EndpointConfig::Sftp)
         }
+        "import" => {
+            deserialize_collecting(body, key_path, origins, problems).map(EndpointConfig::Import)
+        }
         other => {
             problem(
                 &type_path,
@@ -2003,6 +2011,11 @@ impl Settings {
                 }
             },
             EndpointConfig::CrmStore(_) => {}
+            EndpointConfig::Import(i) => {
+                for (field, message) in i.problems() {
+                    problem(format!("{at}.{field}"), message);
+                }
+            }
             EndpointConfig::Amqp(a) => self.validate_amqp(&at, a, problem),
             EndpointConfig::Soap(x) => Self::validate_soap(&at, x, problem),
             EndpointConfig::Sftp(s) => {

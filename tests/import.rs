@@ -1,0 +1,447 @@
+//! `synchub import` as an operator runs it, through the real binary on a private SQLite store:
+//! a dirty GB18030 customer file gives the expected report row for row (dry run first, then
+//! the import, then a rerun with no second effect), vehicles with bad VINs, and an import
+//! killed with SIGKILL that resumes without duplicates.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+use synchub::store::Store;
+
+#[path = "support/tree.rs"]
+mod tree;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A private configuration tree and store.
+struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        tree::copy_shipped_config(&repo(), dir.path());
+        Site { dir }
+    }
+
+    fn store_url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("store.db").display())
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_synchub"));
+        c.arg("--config")
+            .arg(self.dir.path().join("config"))
+            .args(args)
+            .env("SYNCHUB__STORE__URL", self.store_url())
+            // A killed import's claimed deliveries come back after the lease: keep that short.
+            .env("SYNCHUB__DISPATCH__LEASE_SECS", "3")
+            .env("RUST_LOG", "warn")
+            .env_remove("SYNCHUB_PROFILE");
+        c
+    }
+
+    fn import(&self, args: &[&str]) -> Output {
+        self.command(&[&["import"], args].concat())
+            .output()
+            .unwrap()
+    }
+
+    fn report(&self, name: &str, file: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name).join(file)).unwrap()
+    }
+
+    fn report_dir(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    async fn store(&self) -> Store {
+        Store::open(&self.store_url()).await.unwrap()
+    }
+}
+
+fn fixture(name: &str) -> String {
+    repo()
+        .join("tests/fixtures/import")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn scalar(store: &Store, sql: &str) -> i64 {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap()
+}
+
+/// `rejected.csv` / `flagged.csv` as (line, rule, reason) without the raw row.
+fn listed(csv: &str) -> Vec<(u64, String, String)> {
+    csv.lines()
+        .skip(1)
+        .map(|l| {
+            let mut parts = l.splitn(3, ',');
+            let line = parts.next().unwrap().parse().unwrap();
+            let rule = parts.next().unwrap().to_owned();
+            let rest = parts.next().unwrap();
+            // reason: up to the next comma outside quotes
+            let reason = if let Some(q) = rest.strip_prefix('"') {
+                q.split("\",").next().unwrap().replace("\"\"", "\"")
+            } else {
+                rest.split(',').next().unwrap().to_owned()
+            };
+            (line, rule, reason)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dirty_gb18030_customer_file_is_reported_row_for_row_and_imported_once() {
+    let site = Site::new();
+    let file = fixture("customers_dirty.gb18030.csv");
+    let dry = site.report_dir("dry");
+    let out = site.import(&[
+        "--entity",
+        "customers",
+        &file,
+        "--charset",
+        "gb18030",
+        "--dry-run",
+        "--report-dir",
+        &dry,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("10 rows: 3 imported, 2 merged, 3 rejected, 2 flagged"),
+        "{}",
+        text(&out)
+    );
+    let store = site.store().await;
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM crm_records WHERE entity = 'customer'"
+        )
+        .await,
+        0,
+        "a dry run writes nothing"
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM messages WHERE endpoint = 'legacy_import'"
+        )
+        .await,
+        0
+    );
+
+    let out = site.import(&[
+        "--entity",
+        "customers",
+        &file,
+        "--charset",
+        "gb18030",
+        "--report-dir",
+        &site.report_dir("run1"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let md = site.report("run1", "report.md");
+    for needle in [
+        "| source rows | 10 |",
+        "| imported (new) | 3 |",
+        "| merged | 2 |",
+        "| rejected | 3 |",
+        "| flagged for review (not imported) | 2 |",
+        "10 = 3 + 2 + 3 + 2: **reconciled**",
+        "| `fix.full_width` | 2 |",
+        "| `fix.mobile` | 1 |",
+        "| `fix.date_format` | 1 |",
+        "| `fix.trim` | 1 |",
+        "| `merge.same_mobile_same_name` | 2 |",
+        "| `flag.same_mobile_different_name` | 1 |",
+        "| `flag.same_id_no_different_mobile` | 1 |",
+        "| `reject.incomplete` | 1 |",
+        "| `reject.invalid.mobile` | 1 |",
+        "| `reject.invalid.id_no` | 1 |",
+        "| before | 0 |",
+        "| after | 3 |",
+        "| applied: delivered | 5 |",
+        "**go-live check: PASS**",
+    ] {
+        assert!(md.contains(needle), "report lacks {needle}:\n{md}");
+    }
+    assert!(
+        site.report("run1", "report.html").contains("王小明"),
+        "the HTML report is UTF-8 with the Chinese names"
+    );
+    let rejected = listed(&site.report("run1", "rejected.csv"));
+    assert_eq!(
+        rejected
+            .iter()
+            .map(|r| (r.0, r.1.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (5, "reject.invalid.mobile"),
+            (6, "reject.incomplete"),
+            (10, "reject.invalid.id_no")
+        ]
+    );
+    assert!(
+        rejected[1].2.contains("dealer_code: required"),
+        "{rejected:?}"
+    );
+    let flagged = listed(&site.report("run1", "flagged.csv"));
+    assert_eq!(
+        flagged
+            .iter()
+            .map(|r| (r.0, r.1.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (4, "flag.same_mobile_different_name"),
+            (7, "flag.same_id_no_different_mobile")
+        ]
+    );
+    assert!(
+        flagged[0].2.contains("王小明") && flagged[0].2.contains("李四"),
+        "{flagged:?}"
+    );
+
+    // The CRM store: three customers, the merged rows applied onto the first, cleansed.
+    let rows = sqlx::query(
+        "SELECT mobile, data, source_system FROM crm_records WHERE entity = 'customer' ORDER BY mobile",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let mobiles: Vec<String> = rows.iter().map(|r| r.try_get(0).unwrap()).collect();
+    assert_eq!(mobiles, ["13600003333", "13760001234", "13912345678"]);
+    let wang: serde_json::Value =
+        serde_json::from_str(&rows[2].try_get::<String, _>(1).unwrap()).unwrap();
+    assert_eq!(wang["name"], "王小明");
+    assert_eq!(wang["id_no"], "440104199007152511");
+    assert_eq!(wang["birth_date"], "1990-07-15");
+    assert_eq!(wang["address"], "天河区体育西路101号", "{wang}");
+    let wu: serde_json::Value =
+        serde_json::from_str(&rows[0].try_get::<String, _>(1).unwrap()).unwrap();
+    assert_eq!(wu["name"], "吴九", "trimmed");
+    assert_eq!(rows[0].try_get::<String, _>(2).unwrap(), "import");
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM approvals").await,
+        0,
+        "the migration is headquarters' own: no approvals"
+    );
+    // Every row is journaled and findable: the merged ones by their mobile.
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(DISTINCT k.message_id) FROM message_keys k JOIN messages m ON m.id = k.message_id \
+             WHERE k.value = '13912345678' AND m.endpoint = 'legacy_import'"
+        )
+        .await,
+        3,
+        "the imported row and the two merged onto it"
+    );
+    let rejected_journaled = "SELECT COUNT(*) FROM messages WHERE endpoint = 'legacy_import' AND kind = 'record' AND status = 'rejected'";
+    assert_eq!(
+        scalar(&store, rejected_journaled).await,
+        5,
+        "rejected and flagged rows are journaled with their reasons"
+    );
+    let flagged_reason: String = sqlx::query(
+        "SELECT m.reason FROM messages m JOIN message_keys k ON k.message_id = m.id \
+         WHERE k.kind = 'source_ref' AND k.value LIKE 'legacy:%:4'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+    .try_get(0)
+    .unwrap();
+    assert!(
+        flagged_reason.contains("flagged for review"),
+        "{flagged_reason}"
+    );
+
+    // The same file again: nothing new happens, and the report says why.
+    let out = site.import(&[
+        "--entity",
+        "customers",
+        &file,
+        "--charset",
+        "gb18030",
+        "--report-dir",
+        &site.report_dir("run2"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let md2 = site.report("run2", "report.md");
+    assert!(md2.contains("| imported (new) | 3 |"), "{md2}");
+    assert!(
+        md2.contains("5 of the imported and merged rows were journaled by an earlier"),
+        "{md2}"
+    );
+    assert!(md2.contains("| after | 3 |"), "{md2}");
+    assert_eq!(
+        scalar(&store, rejected_journaled).await,
+        5,
+        "a rerun journals no rejected row twice"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn vehicles_with_bad_vins_are_rejected_and_the_rest_linked_to_owners() {
+    let site = Site::new();
+    let dir = site.report_dir("veh");
+    let out = site.import(&[
+        "--entity",
+        "vehicles",
+        &fixture("vehicles_dirty.csv"),
+        "--report-dir",
+        &dir,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let md = site.report("veh", "report.md");
+    for needle in [
+        "4 = 2 + 1 + 1 + 0: **reconciled**",
+        "| `fix.vin_upper` | 1 |",
+        "| `fix.date_format` | 1 |",
+        "| `merge.same_key_in_file` | 1 |",
+        "| `reject.invalid.vin` | 1 |",
+        "**go-live check: PASS**",
+    ] {
+        assert!(md.contains(needle), "report lacks {needle}:\n{md}");
+    }
+    let rejected = listed(&site.report("veh", "rejected.csv"));
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].0, 3);
+    assert!(rejected[0].2.contains("check digit"), "{rejected:?}");
+    let store = site.store().await;
+    let rows = sqlx::query("SELECT id, data FROM crm_records WHERE entity = 'vehicle' ORDER BY id")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    let vins: Vec<String> = rows.iter().map(|r| r.try_get(0).unwrap()).collect();
+    assert_eq!(vins, ["LHGCV3CK9VA118682", "LHGLVCWJ2RA215148"]);
+    let first: serde_json::Value =
+        serde_json::from_str(&rows[0].try_get::<String, _>(1).unwrap()).unwrap();
+    assert_eq!(
+        first["color"], "星月白",
+        "the later row of the same VIN wins"
+    );
+    assert!(first["owner_customer_id"].is_string(), "{first}");
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM crm_records WHERE entity = 'customer'"
+        )
+        .await,
+        2,
+        "owners created once each"
+    );
+    store.close().await;
+}
+
+fn big_file(dir: &Path, rows: usize) -> String {
+    let mut s = String::from("dealer_code,name,mobile,city\n");
+    for i in 0..rows {
+        s.push_str(&format!("D000{},客户{i},13{:09},广州\n", 1 + i % 3, i));
+    }
+    let path = dir.join("customers_big.csv");
+    std::fs::write(&path, s).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn an_import_killed_mid_file_resumes_without_duplicates() {
+    let site = Site::new();
+    let rows = 20_000;
+    let file = big_file(site.dir.path(), rows);
+    let mut child = site
+        .command(&[
+            "import",
+            "--entity",
+            "customers",
+            &file,
+            "--report-dir",
+            &site.report_dir("killed"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let store = site.store().await;
+    let t0 = Instant::now();
+    loop {
+        let n = scalar(
+            &store,
+            "SELECT COUNT(*) FROM messages WHERE endpoint = 'legacy_import' AND kind = 'record'",
+        )
+        .await;
+        if n >= 2_000 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the import never got going"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed: make the file bigger"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let journaled = scalar(
+        &store,
+        "SELECT COUNT(*) FROM messages WHERE endpoint = 'legacy_import' AND kind = 'record'",
+    )
+    .await;
+    assert!(journaled < rows as i64, "killed mid-file: {journaled}");
+
+    let out = site.import(&[
+        "--entity",
+        "customers",
+        &file,
+        "--report-dir",
+        &site.report_dir("resumed"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let md = site.report("resumed", "report.md");
+    assert!(md.contains(&format!("| imported (new) | {rows} |")), "{md}");
+    assert!(
+        md.contains(&format!(
+            "{journaled} of the imported and merged rows were journaled"
+        )),
+        "{md}"
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM crm_records WHERE entity = 'customer'"
+        )
+        .await,
+        rows as i64,
+        "every customer exactly once"
+    );
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM messages WHERE endpoint = 'legacy_import' AND kind = 'record' AND status = 'accepted'").await,
+        rows as i64,
+        "every row journaled once"
+    );
+    store.close().await;
+}

@@ -483,7 +483,7 @@ impl Application {
 
 /// The adapter's configuration for an `amqp` endpoint: names with the endpoint's prefix, the
 /// password from its secret variable.
-fn amqp_config(id: &str, a: &AmqpEndpoint) -> anyhow::Result<AmqpConfig> {
+pub(crate) fn amqp_config(id: &str, a: &AmqpEndpoint) -> anyhow::Result<AmqpConfig> {
     let url = match secret_from_env(&a.password_env)? {
         Some(pw) => with_password(&a.url, &pw)
             .with_context(|| format!("endpoint {id}: cannot put the password into url"))?,

@@ -37,6 +37,13 @@ pub enum Command {
         #[arg(long)]
         mapping_version: Option<u32>,
     },
+    /// Run the hub with built-in partner simulators (website, call centre, DMS, OSM) on its own
+    /// store (`data/demo.db` unless SYNCHUB__STORE__URL is set), so every flow moves at once.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
     /// Migrate legacy customers, vehicles or dealers from a CSV file into the CRM store with
     /// the cleansing rules of the `import` endpoint; writes a validation report. Run it again
     /// with the same file to resume an interrupted import. Exit code 0 when the report's

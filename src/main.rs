@@ -94,6 +94,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ids.len()
             );
         }
+        Command::Demo { duration } => {
+            let mut settings = settings;
+            if std::env::var_os("SYNCHUB__STORE__URL").is_none() {
+                settings.store.url = "sqlite://data/demo.db".into();
+            }
+            let opts = synchub::demo::DemoOptions {
+                duration: duration.map(std::time::Duration::from_secs),
+            };
+            synchub::demo::run(settings, opts, shutdown_signal()).await?;
+        }
         Command::Import {
             entity,
             file,

@@ -783,10 +783,18 @@ pub async fn run(
         }
     }
     if let Some(d) = dispatcher {
+        let routes: Vec<String> = a
+            .pipeline
+            .routes()
+            .routes()
+            .iter()
+            .filter(|r| r.from == opts.endpoint)
+            .map(|r| r.id.clone())
+            .collect();
         let mut waited = Instant::now();
         let deadline = Instant::now() + opts.apply_timeout;
         loop {
-            let left = unapplied(&store, &opts.endpoint, &sha256).await?;
+            let left = unapplied(&store, &routes).await?;
             if left == 0 || Instant::now() >= deadline {
                 break;
             }
@@ -797,7 +805,7 @@ pub async fn run(
                     &format!("CRM store applying: {left} left"),
                 );
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let _ = stop_tx.send(true);
         let _ = d.await;
@@ -858,7 +866,7 @@ async fn decide(
     rows: Vec<Pending>,
 ) -> anyhow::Result<Vec<Pending>> {
     let refs: Vec<String> = rows.iter().map(|r| r.source_ref.clone()).collect();
-    let resumed = journaled_refs(store, &refs).await?;
+    let resumed = journaled_refs(store, entity, &refs).await?;
     let mut take = Vec::new();
     match entity {
         ImportEntity::Customers => {
@@ -1057,16 +1065,23 @@ async fn keyed_refs(store: &Store, refs: &[String]) -> anyhow::Result<HashSet<St
     Ok(out)
 }
 
-/// Which of these `source_ref`s the import has journaled before (an interrupted run).
-async fn journaled_refs(store: &Store, refs: &[String]) -> anyhow::Result<HashSet<String>> {
+/// Which of these `source_ref`s the import has journaled before (an interrupted run). The
+/// scope is the pipeline's idempotency scope of import records (`import/<record type>`), so the
+/// lookup is a primary-key probe per row.
+async fn journaled_refs(
+    store: &Store,
+    entity: ImportEntity,
+    refs: &[String],
+) -> anyhow::Result<HashSet<String>> {
     let mut out = HashSet::new();
     for chunk in refs.chunks(500) {
         let list: Vec<String> = (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
         let sql = format!(
-            "SELECT idem_key FROM idempotency WHERE scope LIKE $1 AND idem_key IN ({})",
+            "SELECT idem_key FROM idempotency WHERE scope = $1 AND idem_key IN ({})",
             list.join(",")
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(format!("{SYSTEM}%"));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(format!("{SYSTEM}/{}", entity.schema().name()));
         for r in chunk {
             q = q.bind(r.as_str());
         }
@@ -1147,19 +1162,25 @@ fn file_pattern(sha256: &str) -> String {
     format!("%{sha256}%")
 }
 
-/// Deliveries of this file's rows not yet applied for the first time (retries excluded: a
+/// Deliveries of the import routes not yet applied for the first time (retries excluded: a
 /// vehicle waiting for its dealer must not hold the import open). Includes rows an interrupted
 /// run journaled but did not apply; those it was applying when killed come back when their
-/// lease (`dispatch.lease_secs`) expires.
-async fn unapplied(store: &Store, endpoint: &str, sha256: &str) -> anyhow::Result<i64> {
+/// lease (`dispatch.lease_secs`) expires. Only waiting rows are read (index on route, status).
+async fn unapplied(store: &Store, routes: &[String]) -> anyhow::Result<i64> {
+    if routes.is_empty() {
+        return Ok(0);
+    }
+    let list: Vec<String> = (1..=routes.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
-        "SELECT COUNT(*) {OF_FILE} AND (d.status = 'in_flight' OR (d.status = 'pending' AND d.attempts = 0))"
+        "SELECT COUNT(*) FROM deliveries WHERE route IN ({}) \
+         AND (status = 'in_flight' OR (status = 'pending' AND attempts = 0))",
+        list.join(",")
     );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(endpoint)
-        .bind(file_pattern(sha256))
-        .fetch_one(store.pool())
-        .await?;
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for r in routes {
+        q = q.bind(r.as_str());
+    }
+    let row = q.fetch_one(store.pool()).await?;
     Ok(row.try_get(0)?)
 }
 

@@ -7,6 +7,7 @@
 //! - `store`: the durable journal and CRM tables on SQLite (group commit) or PostgreSQL.
 //! - `routing`: the route table compiled from `routes/*.toml`.
 //! - `pipeline`: the `Inbox` adapters hand submissions to: validate, map, route, journal.
+//! - `disabled`: the stand-in adapter of an outbound endpoint with `enabled = false`.
 //! - `dispatch`: claims due deliveries, calls outbound adapters, retries, parks.
 //! - `crm`: the CRM store sink (upserts, history, matching, approvals, change events).
 //! - `sftp`: SFTP endpoints: adapter configs, the store-backed file ledger, poll scheduling.
@@ -19,6 +20,7 @@ pub mod app;
 pub mod check;
 pub mod cli;
 pub mod crm;
+pub mod disabled;
 pub mod dispatch;
 pub mod http;
 pub mod pipeline;

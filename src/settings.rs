@@ -562,6 +562,10 @@ pub enum EndpointConfig {
 #[serde(deny_unknown_fields)]
 pub struct SoapEndpoint {
     pub direction: Direction,
+    /// `out`: a disabled endpoint is loaded and checked but never called; its deliveries wait
+    /// (retrying, then parked) until it is enabled. Its secret need not be set.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// `in`: largest request accepted, in bytes.
     #[serde(default = "default_soap_max_body")]
     pub max_body_bytes: usize,
@@ -858,6 +862,7 @@ impl EndpointConfig {
             EndpointConfig::Soap(x) => x
                 .password_env
                 .as_deref()
+                .filter(|_| x.enabled)
                 .map(|var| ("password_env", var))
                 .into_iter()
                 .collect(),
@@ -2039,6 +2044,7 @@ impl Settings {
                     );
                 }
                 for (field, set) in [
+                    ("enabled", !x.enabled),
                     ("url", x.url.is_some()),
                     ("username", x.username.is_some()),
                     ("password_env", x.password_env.is_some()),

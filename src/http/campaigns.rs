@@ -185,6 +185,13 @@ pub async fn post_campaign(
             ),
         ));
     }
+    // A rejected record keeps no body to find it by: its keys are taken from the request.
+    let mut keys = Vec::new();
+    if !errors.is_empty() {
+        crate::pipeline::collect_keys(&input, &mut keys);
+        keys.sort();
+        keys.dedup();
+    }
     let record = RecordIn {
         index: 0,
         record_type: "campaign".into(),
@@ -226,17 +233,34 @@ pub async fn post_campaign(
                 ));
             }
             tracing::info!(operator = %op.user, campaign = ?code, duplicate, "Campaign journaled.");
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({
-                    "message_id": message_id.to_string(),
-                    "campaign_code": code,
-                    "status": if duplicate { "duplicate" } else { "accepted" },
-                })),
-            )
-                .into_response())
+            let mut answer = json!({
+                "message_id": message_id.to_string(),
+                "campaign_code": code,
+                "status": if duplicate { "duplicate" } else { "accepted" },
+            });
+            if duplicate && let Some(code) = &code {
+                let first: Option<String> = sqlx::query_scalar(
+                    "SELECT message_id FROM idempotency WHERE scope = $1 AND idem_key = $2",
+                )
+                .bind(format!("{SYSTEM}/campaign"))
+                .bind(code)
+                .fetch_optional(st.store.pool())
+                .await
+                .map_err(crate::store::StoreError::from)?;
+                answer["duplicate_of"] = json!(first);
+            }
+            Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
         }
         Some(RecordVerdict::Rejected { message_id, errors }) => {
+            if !keys.is_empty() {
+                st.store
+                    .write(move |c| {
+                        Box::pin(
+                            async move { crate::store::journal::insert_keys(c, message_id, &keys).await },
+                        )
+                    })
+                    .await?;
+            }
             let (status, code) = if conflict {
                 (StatusCode::CONFLICT, "conflict")
             } else {

@@ -277,7 +277,7 @@ async fn a_campaign_reaches_each_dealers_dms_and_dcs_once() {
     let (s, again) = hub.post("/api/v1/campaigns", ADMIN, Some(body.clone())).await;
     assert_eq!(s, 202, "{again}");
     assert_eq!(again["status"], "duplicate", "{again}");
-    assert_eq!(again["message_id"], message_id.as_str(), "{again}");
+    assert_eq!(again["duplicate_of"], message_id.as_str(), "{again}");
     // Other content under the same code is a conflict, journaled as rejected.
     let (s, conflict) = hub
         .post(
@@ -478,7 +478,10 @@ async fn results_over_rest_amqp_and_sftp_are_counted_per_dealer_once_per_custome
     let fx = SshdFixture::start();
     let dir = "inbound/campaign-results";
     let env = sftp_env(&fx, "dms_campaign_results_sftp_in", dir);
-    let hub = TestHub::spawn_with(Backend::Postgres, TestConfig::shipped(), &refs(&env)).await;
+    // DCS stays disabled as shipped: its tasks wait, here parked after the first attempt.
+    let config = TestConfig::shipped();
+    fast_retry(&config, "crm_campaigns_to_dcs", 1);
+    let hub = TestHub::spawn_with(Backend::Postgres, config, &refs(&env)).await;
     wait_amqp_up(&hub).await;
     let code = "C2026-12-WINTERCARE";
     let (s, r) = hub
@@ -582,6 +585,13 @@ async fn results_over_rest_amqp_and_sftp_are_counted_per_dealer_once_per_custome
         "{view}"
     );
     assert_eq!(d1["target_count"], 3, "{view}");
+    assert_eq!(delivery(&view, "D0001", "dms_amqp_out")["status"], "delivered", "{view}");
+    let dcs = delivery(&view, "D0001", "dcs_tasks_soap_out");
+    assert_eq!(dcs["status"], "parked", "{view}");
+    assert!(
+        dcs["last_reason"].as_str().unwrap_or_default().contains("is disabled"),
+        "{view}"
+    );
     assert_eq!(view["results_by_dealer"]["D0002"]["attended"], 1, "{view}");
     assert!(view["dealers"].as_array().unwrap().iter().all(|r| r["dealer_code"] != "D0003"));
 

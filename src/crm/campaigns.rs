@@ -254,11 +254,7 @@ pub async fn view(
             .or(mobile)
             .unwrap_or_default();
         if seen.insert((dealer.clone(), result.clone(), who)) {
-            *counts
-                .entry(dealer)
-                .or_default()
-                .entry(result)
-                .or_default() += 1;
+            *counts.entry(dealer).or_default().entry(result).or_default() += 1;
         }
     }
     for (dealer, by_kind) in &counts {

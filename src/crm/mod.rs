@@ -215,9 +215,9 @@ pub async fn apply_batch(
                 ));
             }
             // A vehicle is held until its dealer is known: look the dealers up in bulk.
-            "vehicle" => keys.extend(
-                str_field(&p.rec, "dealer_code").map(|d| ("dealer".to_string(), d)),
-            ),
+            "vehicle" => {
+                keys.extend(str_field(&p.rec, "dealer_code").map(|d| ("dealer".to_string(), d)))
+            }
             _ => {}
         }
     }

@@ -96,7 +96,9 @@ async fn store_checks(st: &AppState, input: &Value, errors: &mut Vec<FieldError>
                 match exists("customer", t.clone()).await {
                     Ok(true) => {}
                     Ok(false) => errors.push(FieldError::new(at, format!("unknown customer {t}"))),
-                    Err(e) => errors.push(FieldError::new(at, format!("could not be checked: {e}"))),
+                    Err(e) => {
+                        errors.push(FieldError::new(at, format!("could not be checked: {e}")))
+                    }
                 }
             }
         }
@@ -129,7 +131,9 @@ pub async fn post_campaign(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     if !op.is_admin() {
-        return Err(ApiError::forbidden("only headquarters may create campaigns"));
+        return Err(ApiError::forbidden(
+            "only headquarters may create campaigns",
+        ));
     }
     let mut env = Envelope::new(ENDPOINT, ContentType::Json, body.clone())
         .with_header("http.path", "/api/v1/campaigns")
@@ -195,7 +199,11 @@ pub async fn post_campaign(
     let record = RecordIn {
         index: 0,
         record_type: "campaign".into(),
-        source_ref: if errors.is_empty() { code.clone() } else { None },
+        source_ref: if errors.is_empty() {
+            code.clone()
+        } else {
+            None
+        },
         body: if errors.is_empty() {
             Ok(input)
         } else {
@@ -255,9 +263,9 @@ pub async fn post_campaign(
             if !keys.is_empty() {
                 st.store
                     .write(move |c| {
-                        Box::pin(
-                            async move { crate::store::journal::insert_keys(c, message_id, &keys).await },
-                        )
+                        Box::pin(async move {
+                            crate::store::journal::insert_keys(c, message_id, &keys).await
+                        })
                     })
                     .await?;
             }

@@ -29,14 +29,15 @@ fn dcs_answer(status: u16, inner: &str) -> ResponseTemplate {
 /// The shipped route file with a tiny retry policy, so retries and parking happen in seconds.
 fn fast_retry(config: &TestConfig, route: &str, max_attempts: u32) {
     let file = format!("routes/{route}.toml");
-    let shipped = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&file),
-    )
-    .expect("shipped route");
+    let shipped =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&file))
+            .expect("shipped route");
     let head = &shipped[..shipped.find("[retry]").expect("route has a retry policy")];
     config.write(
         &file,
-        &format!("{head}[retry]\nmax_attempts = {max_attempts}\nbackoff_ms = 100\nmax_backoff_ms = 200\n"),
+        &format!(
+            "{head}[retry]\nmax_attempts = {max_attempts}\nbackoff_ms = 100\nmax_backoff_ms = 200\n"
+        ),
     );
 }
 
@@ -141,7 +142,9 @@ fn row<'a>(view: &'a Value, dealer: &str) -> &'a Value {
 async fn a_campaign_reaches_each_dealers_dms_and_dcs_once() {
     let dcs = MockServer::start().await;
     Mock::given(method("POST"))
-        .and(body_string_contains("<t:campaignCode>C-OK</t:campaignCode>"))
+        .and(body_string_contains(
+            "<t:campaignCode>C-OK</t:campaignCode>",
+        ))
         .respond_with(dcs_answer(200, DCS_OK))
         .mount(&dcs)
         .await;
@@ -154,7 +157,9 @@ async fn a_campaign_reaches_each_dealers_dms_and_dcs_once() {
         .mount(&dcs)
         .await;
     Mock::given(method("POST"))
-        .and(body_string_contains("<t:campaignCode>C-BUSY</t:campaignCode>"))
+        .and(body_string_contains(
+            "<t:campaignCode>C-BUSY</t:campaignCode>",
+        ))
         .respond_with(ResponseTemplate::new(503).set_body_string("maintenance"))
         .mount(&dcs)
         .await;
@@ -183,7 +188,9 @@ async fn a_campaign_reaches_each_dealers_dms_and_dcs_once() {
         &["D0001", "d0002"],
         &[&wang, "+86 139-1234-5678", "13700000009", &zhao],
     );
-    let (s, r) = hub.post("/api/v1/campaigns", ADMIN, Some(body.clone())).await;
+    let (s, r) = hub
+        .post("/api/v1/campaigns", ADMIN, Some(body.clone()))
+        .await;
     assert_eq!(s, 202, "{r}");
     assert_eq!(r["status"], "accepted", "{r}");
     let message_id = r["message_id"].as_str().unwrap().to_string();
@@ -204,7 +211,10 @@ async fn a_campaign_reaches_each_dealers_dms_and_dcs_once() {
     let zhao_view = json!({"customer_id": zhao, "name": "赵六", "mobile": "13933330003"});
     let got1 = drain(&ch, &q1).await;
     assert_eq!(got1.len(), 1, "D0001 gets exactly its assignment");
-    assert_eq!(got1[0].delivery.routing_key.as_str(), "dealer.D0001.campaign");
+    assert_eq!(
+        got1[0].delivery.routing_key.as_str(),
+        "dealer.D0001.campaign"
+    );
     let b1: Value = serde_json::from_slice(&got1[0].delivery.data).unwrap();
     assert_eq!(
         b1,
@@ -222,7 +232,10 @@ async fn a_campaign_reaches_each_dealers_dms_and_dcs_once() {
     assert_eq!(t2[0]["mobile"], "13912345678", "{b2}");
     assert_eq!(t2[0]["name"], "林小红", "{b2}");
     assert!(t2[0]["customer_id"].is_string(), "{b2}");
-    assert!(drain(&ch, &q3).await.is_empty(), "D0003 is not in the campaign");
+    assert!(
+        drain(&ch, &q3).await.is_empty(),
+        "D0003 is not in the campaign"
+    );
 
     // DCS: one PublishCampaignTask per dealer, with the dealer's target count.
     let tasks: Vec<String> = dcs
@@ -257,7 +270,11 @@ async fn a_campaign_reaches_each_dealers_dms_and_dcs_once() {
     assert_eq!(v["dealers"].as_array().unwrap().len(), 2, "{v}");
     for dealer in ["D0001", "D0002"] {
         assert_eq!(row(&v, dealer)["target_count"], 3, "{v}");
-        assert_eq!(delivery(&v, dealer, "dms_amqp_out")["status"], "delivered", "{v}");
+        assert_eq!(
+            delivery(&v, dealer, "dms_amqp_out")["status"],
+            "delivered",
+            "{v}"
+        );
         let d = delivery(&v, dealer, "dcs_tasks_soap_out");
         assert_eq!(d["status"], "delivered", "{v}");
         assert_eq!(d["remote_ref"], "T-77", "{v}");
@@ -274,7 +291,9 @@ async fn a_campaign_reaches_each_dealers_dms_and_dcs_once() {
     );
 
     // The same campaign again: the same message, nothing assigned or sent twice.
-    let (s, again) = hub.post("/api/v1/campaigns", ADMIN, Some(body.clone())).await;
+    let (s, again) = hub
+        .post("/api/v1/campaigns", ADMIN, Some(body.clone()))
+        .await;
     assert_eq!(s, 202, "{again}");
     assert_eq!(again["status"], "duplicate", "{again}");
     assert_eq!(again["duplicate_of"], message_id.as_str(), "{again}");
@@ -291,7 +310,10 @@ async fn a_campaign_reaches_each_dealers_dms_and_dcs_once() {
     hub.settle(30).await;
     assert!(drain(&ch, &q1).await.is_empty(), "no second assignment");
     assert!(drain(&ch, &q2).await.is_empty(), "no second assignment");
-    assert!(drain(&ch, &q3).await.is_empty(), "a conflict assigns nothing");
+    assert!(
+        drain(&ch, &q3).await.is_empty(),
+        "a conflict assigns nothing"
+    );
     let posts = dcs
         .received_requests()
         .await
@@ -303,7 +325,11 @@ async fn a_campaign_reaches_each_dealers_dms_and_dcs_once() {
     let (_, rejected) = hub
         .get("/api/v1/messages?key=C-OK&status=rejected", ADMIN)
         .await;
-    assert_eq!(rejected["messages"].as_array().unwrap().len(), 1, "{rejected}");
+    assert_eq!(
+        rejected["messages"].as_array().unwrap().len(),
+        1,
+        "{rejected}"
+    );
 
     // DCS faults: a client fault rejects the task with the faultstring; a 503 is retried, then
     // parked by the route's policy. The DMS side is unaffected.
@@ -329,13 +355,26 @@ async fn a_campaign_reaches_each_dealers_dms_and_dcs_once() {
             .contains("campaign C-BAD overlaps a running campaign"),
         "{bad}"
     );
-    assert_eq!(delivery(&bad, "D0001", "dms_amqp_out")["status"], "delivered");
+    assert_eq!(
+        delivery(&bad, "D0001", "dms_amqp_out")["status"],
+        "delivered"
+    );
     let (_, busy) = hub.get("/api/v1/campaigns/C-BUSY", ADMIN).await;
     let d = delivery(&busy, "D0001", "dcs_tasks_soap_out");
     assert_eq!(d["status"], "parked", "{busy}");
     assert_eq!(d["attempts"], 3, "retried, then parked: {busy}");
-    assert!(d["last_reason"].as_str().unwrap_or_default().contains("503"), "{busy}");
-    assert_eq!(drain(&ch, &q1).await.len(), 2, "C-BAD and C-BUSY reached D0001's DMS");
+    assert!(
+        d["last_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("503"),
+        "{busy}"
+    );
+    assert_eq!(
+        drain(&ch, &q1).await.len(),
+        2,
+        "C-BAD and C-BUSY reached D0001's DMS"
+    );
     hub.stop().await;
 }
 
@@ -364,7 +403,11 @@ async fn campaigns_are_validated_field_by_field_and_only_headquarters_creates_th
             })
             .collect()
     };
-    let mut bad = campaign("C-V1", &["D0001", "D9999"], &["C000009999", "hello", "13700000009"]);
+    let mut bad = campaign(
+        "C-V1",
+        &["D0001", "D9999"],
+        &["C000009999", "hello", "13700000009"],
+    );
     bad["end_date"] = json!("2026-11-01");
     let (s, r) = hub.post("/api/v1/campaigns", ADMIN, Some(bad)).await;
     assert_eq!(s, 400, "{r}");
@@ -379,7 +422,10 @@ async fn campaigns_are_validated_field_by_field_and_only_headquarters_creates_th
     has("end_date", "must not be before start_date");
     has("dealer_codes[1]", "unknown dealer D9999");
     has("target_customers[0]", "unknown customer C000009999");
-    has("target_customers[1]", "neither a mobile number nor a customer id");
+    has(
+        "target_customers[1]",
+        "neither a mobile number nor a customer id",
+    );
     assert_eq!(f.len(), 4, "{f:?}");
 
     let mut empty = campaign("C-V2", &[], &[]);
@@ -419,7 +465,10 @@ async fn campaigns_are_validated_field_by_field_and_only_headquarters_creates_th
         assert_eq!(m["status"], "rejected", "{found}");
     }
     let (_, found) = hub
-        .get("/api/v1/messages?status=rejected&endpoint=partners_rest_in", ADMIN)
+        .get(
+            "/api/v1/messages?status=rejected&endpoint=partners_rest_in",
+            ADMIN,
+        )
         .await;
     assert!(
         found["messages"].as_array().unwrap().len() >= 3,
@@ -497,7 +546,11 @@ async fn results_over_rest_amqp_and_sftp_are_counted_per_dealer_once_per_custome
         .post(
             "/api/v1/campaigns",
             ADMIN,
-            Some(campaign(code, &["D0001", "D0002"], &["13912345678", "13700000001", "13800000003"])),
+            Some(campaign(
+                code,
+                &["D0001", "D0002"],
+                &["13912345678", "13700000001", "13800000003"],
+            )),
         )
         .await;
     assert_eq!(s, 202, "{r}");
@@ -532,11 +585,17 @@ async fn results_over_rest_amqp_and_sftp_are_counted_per_dealer_once_per_custome
 
     // AMQP: D0001's DMS reports two contacts, one of them twice.
     let (_conn, ch) = amqp_client().await;
-    for (sref, mobile) in [("A-1", "13700000001"), ("A-2", "13800000003"), ("A-3", "13800000003")] {
+    for (sref, mobile) in [
+        ("A-1", "13700000001"),
+        ("A-2", "13800000003"),
+        ("A-3", "13800000003"),
+    ] {
         let body = json!({"source_ref": sref, "campaign_code": code, "dealer_code": "D0001",
                           "customer_mobile": mobile, "result": "contacted"});
         ch.basic_publish(
-            format!("{}synchub.inbound", hub.amqp_prefix).as_str().into(),
+            format!("{}synchub.inbound", hub.amqp_prefix)
+                .as_str()
+                .into(),
             "dms.campaign-result".into(),
             BasicPublishOptions::default(),
             &serde_json::to_vec(&body).unwrap(),
@@ -569,31 +628,57 @@ async fn results_over_rest_amqp_and_sftp_are_counted_per_dealer_once_per_custome
         if row(&v, "D0001")["contacted"] == 2 {
             break v;
         }
-        assert!(std::time::Instant::now() < deadline, "AMQP results never counted: {v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "AMQP results never counted: {v}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let d1 = row(&view, "D0001");
     let d2 = row(&view, "D0002");
     assert_eq!(
-        (&d1["contacted"], &d1["attended"], &d1["purchased"], &d1["declined"]),
+        (
+            &d1["contacted"],
+            &d1["attended"],
+            &d1["purchased"],
+            &d1["declined"]
+        ),
         (&json!(2), &json!(0), &json!(0), &json!(0)),
         "{view}"
     );
     assert_eq!(
-        (&d2["contacted"], &d2["attended"], &d2["purchased"], &d2["declined"]),
+        (
+            &d2["contacted"],
+            &d2["attended"],
+            &d2["purchased"],
+            &d2["declined"]
+        ),
         (&json!(0), &json!(1), &json!(1), &json!(1)),
         "{view}"
     );
     assert_eq!(d1["target_count"], 3, "{view}");
-    assert_eq!(delivery(&view, "D0001", "dms_amqp_out")["status"], "delivered", "{view}");
+    assert_eq!(
+        delivery(&view, "D0001", "dms_amqp_out")["status"],
+        "delivered",
+        "{view}"
+    );
     let dcs = delivery(&view, "D0001", "dcs_tasks_soap_out");
     assert_eq!(dcs["status"], "parked", "{view}");
     assert!(
-        dcs["last_reason"].as_str().unwrap_or_default().contains("is disabled"),
+        dcs["last_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is disabled"),
         "{view}"
     );
     assert_eq!(view["results_by_dealer"]["D0002"]["attended"], 1, "{view}");
-    assert!(view["dealers"].as_array().unwrap().iter().all(|r| r["dealer_code"] != "D0003"));
+    assert!(
+        view["dealers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["dealer_code"] != "D0003")
+    );
 
     // The results that do not belong are rejected with their reasons.
     let foreign = crm_delivery(&hub, "R-FOREIGN").await;
@@ -616,7 +701,9 @@ async fn results_over_rest_amqp_and_sftp_are_counted_per_dealer_once_per_custome
     );
 
     // Dealer IT of D0001 sees its own row only, and not the other dealers' targets.
-    let (s, mine) = hub.get(&format!("/api/v1/campaigns/{code}"), IT_D0001).await;
+    let (s, mine) = hub
+        .get(&format!("/api/v1/campaigns/{code}"), IT_D0001)
+        .await;
     assert_eq!(s, 200, "{mine}");
     let rows = mine["dealers"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{mine}");
@@ -635,7 +722,10 @@ async fn results_over_rest_amqp_and_sftp_are_counted_per_dealer_once_per_custome
     assert_eq!(s, 202, "{r}");
     hub.settle(30).await;
     assert_eq!(hub.get("/api/v1/campaigns/C-D2-ONLY", ADMIN).await.0, 200);
-    assert_eq!(hub.get("/api/v1/campaigns/C-D2-ONLY", IT_D0001).await.0, 404);
+    assert_eq!(
+        hub.get("/api/v1/campaigns/C-D2-ONLY", IT_D0001).await.0,
+        404
+    );
     hub.stop().await;
 }
 
@@ -644,7 +734,10 @@ fn vehicle_request(dealer: &str) -> String {
         .join("tests/fixtures/samples/soap/SyncVehicles.request.xml");
     std::fs::read_to_string(p)
         .expect("sample SOAP request")
-        .replace("<v:dealerCode>D0001</v:dealerCode>", &format!("<v:dealerCode>{dealer}</v:dealerCode>"))
+        .replace(
+            "<v:dealerCode>D0001</v:dealerCode>",
+            &format!("<v:dealerCode>{dealer}</v:dealerCode>"),
+        )
 }
 
 async fn send_vehicles(hub: &TestHub, body: String) {
@@ -692,9 +785,16 @@ async fn a_vehicle_of_an_unknown_dealer_is_held_until_the_dealer_file_brings_it(
         assert!(std::time::Instant::now() < deadline, "never retried: {d}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(hub.get(&format!("/api/v1/vehicles/{VIN}"), ADMIN).await.0, 404);
+    assert_eq!(
+        hub.get(&format!("/api/v1/vehicles/{VIN}"), ADMIN).await.0,
+        404
+    );
     let (_, owners) = hub.get("/api/v1/customers?mobile=13800138000", ADMIN).await;
-    assert_eq!(owners["customers"], json!([]), "nothing applied without its dealer");
+    assert_eq!(
+        owners["customers"],
+        json!([]),
+        "nothing applied without its dealer"
+    );
 
     // OSM's dealer file brings D0009 (ASCII is valid GB18030).
     std::fs::write(
@@ -711,7 +811,10 @@ async fn a_vehicle_of_an_unknown_dealer_is_held_until_the_dealer_file_brings_it(
         if s == 200 {
             break v;
         }
-        assert!(std::time::Instant::now() < deadline, "vehicle never applied");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vehicle never applied"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(vehicle["dealer_code"], "D0009", "{vehicle}");
@@ -733,6 +836,47 @@ async fn a_vehicle_whose_dealer_never_arrives_is_parked_with_the_reason() {
     let reason = d["last_reason"].as_str().unwrap_or_default();
     assert!(reason.contains("gave up after 3 attempts"), "{reason}");
     assert!(reason.contains("dealer D0404 unknown"), "{reason}");
-    assert_eq!(hub.get(&format!("/api/v1/vehicles/{VIN}"), ADMIN).await.0, 404);
+    assert_eq!(
+        hub.get(&format!("/api/v1/vehicles/{VIN}"), ADMIN).await.0,
+        404
+    );
     hub.stop().await;
+}
+
+/// Creates campaign `code` for `dealers` (for tests of other flows that report results on it)
+/// and waits until it is assigned. DCS is disabled in the shipped configuration: the waiting
+/// DCS tasks are parked through the ops API, so `settle` does not wait for them.
+pub async fn create_campaign(hub: &TestHub, code: &str, dealers: &[&str]) {
+    let (s, r) = hub
+        .post(
+            "/api/v1/campaigns",
+            ADMIN,
+            Some(campaign(code, dealers, &["13700000001"])),
+        )
+        .await;
+    assert_eq!(s, 202, "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = hub.get(&format!("/api/v1/campaigns/{code}"), ADMIN).await;
+        let ids: Vec<i64> = v["dealers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["deliveries"]["dcs_tasks_soap_out"]["delivery_id"].as_i64())
+            .collect();
+        if ids.len() == dealers.len() {
+            for id in ids {
+                let (s, r) = hub
+                    .post(&format!("/api/v1/deliveries/{id}/park"), ADMIN, None)
+                    .await;
+                assert_eq!(s, 200, "{r}");
+            }
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "campaign {code} never assigned: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

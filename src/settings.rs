@@ -2489,6 +2489,55 @@ mod tests {
     }
 
     #[test]
+    fn a_disabled_soap_outbound_needs_no_secret_until_enabled() {
+        let root = layout();
+        let config = root.path().join("config");
+        write(
+            &config,
+            "endpoints/dcs.toml",
+            "type = \"soap\"\ndirection = \"out\"\nenabled = false\nurl = \"http://127.0.0.1:8090/dcs\"\n\
+             username = \"u\"\npassword_env = \"DCS_PW\"\n",
+        );
+        let s = Settings::load(&config, Profile::Production, &[]).unwrap();
+        let EndpointConfig::Soap(x) = &s.endpoints["dcs"] else {
+            panic!("soap expected")
+        };
+        assert!(!x.enabled);
+        assert!(s.validate().is_empty(), "{:?}", s.validate());
+        let vars = env(&[("SYNCHUB__ENDPOINTS__DCS__ENABLED", "true")]);
+        let problems = Settings::load(&config, Profile::Local, &vars)
+            .unwrap()
+            .validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key_path == "endpoints.dcs.password_env"
+                    && p.message.contains("DCS_PW is not set")),
+            "{problems:?}"
+        );
+        let vars = env(&[
+            ("SYNCHUB__ENDPOINTS__DCS__ENABLED", "true"),
+            ("DCS_PW", "pw"),
+        ]);
+        let s = Settings::load(&config, Profile::Local, &vars).unwrap();
+        assert!(s.validate().is_empty(), "{:?}", s.validate());
+        write(
+            &config,
+            "endpoints/dcs.toml",
+            "type = \"soap\"\ndirection = \"in\"\nenabled = false\n",
+        );
+        let problems = Settings::load(&config, Profile::Local, &[])
+            .unwrap()
+            .validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key_path == "endpoints.dcs.enabled"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn env_override_problems_name_the_variable() {
         let root = layout();
         let config = root.path().join("config");

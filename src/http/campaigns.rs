@@ -35,10 +35,28 @@ fn field_errors(errors: &[FieldError]) -> Vec<Value> {
         .collect()
 }
 
-/// Checks the schema cannot make: targets given and each a mobile or a known customer id,
-/// dealers known to the CRM store. Indexes name positions in the request.
+/// The fields of a campaign (INTERFACES §5); anything else is a mistake worth naming.
+const FIELDS: [&str; 6] = [
+    "campaign_code",
+    "name",
+    "start_date",
+    "end_date",
+    "dealer_codes",
+    "target_customers",
+];
+
+/// Checks the schema cannot make: no unknown fields, targets given and each a mobile or a known
+/// customer id, dealers known to the CRM store. Indexes name positions in the request.
 async fn store_checks(st: &AppState, input: &Value, errors: &mut Vec<FieldError>) {
     let pool = st.store.pool();
+    if let Some(m) = input.as_object() {
+        for k in m.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
+            errors.push(FieldError::new(
+                k.clone(),
+                format!("unknown field; a campaign has {}", FIELDS.join(", ")),
+            ));
+        }
+    }
     let exists = |entity: &'static str, id: String| async move {
         sqlx::query("SELECT 1 FROM crm_records WHERE entity = $1 AND id = $2")
             .bind(entity)

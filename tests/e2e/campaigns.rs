@@ -430,6 +430,7 @@ async fn campaigns_are_validated_field_by_field_and_only_headquarters_creates_th
 
     let mut empty = campaign("C-V2", &[], &[]);
     empty["start_date"] = json!("2026-13-01");
+    empty["dealer_code"] = json!("D0001");
     empty.as_object_mut().unwrap().remove("name");
     let (s, r) = hub.post("/api/v1/campaigns", ADMIN, Some(empty)).await;
     assert_eq!(s, 400, "{r}");
@@ -444,6 +445,7 @@ async fn campaigns_are_validated_field_by_field_and_only_headquarters_creates_th
     has("start_date", "");
     has("dealer_codes", "at least one");
     has("target_customers", "at least one");
+    has("dealer_code", "unknown field");
 
     let resp = hub
         .client
@@ -657,6 +659,15 @@ async fn results_over_rest_amqp_and_sftp_are_counted_per_dealer_once_per_custome
         "{view}"
     );
     assert_eq!(d1["target_count"], 3, "{view}");
+    let (_, eps) = hub.get("/api/v1/endpoints", ADMIN).await;
+    let dcs_ep = eps["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == "dcs_tasks_soap_out")
+        .cloned()
+        .unwrap_or_else(|| panic!("{eps}"));
+    assert_eq!(dcs_ep["state"], "disabled", "{dcs_ep}");
     assert_eq!(
         delivery(&view, "D0001", "dms_amqp_out")["status"],
         "delivered",
@@ -795,6 +806,32 @@ async fn a_vehicle_of_an_unknown_dealer_is_held_until_the_dealer_file_brings_it(
         json!([]),
         "nothing applied without its dealer"
     );
+
+    // Its next attempt pushed an hour out: only the dealer's arrival can make it due now.
+    let held = crm_delivery(&hub, VIN).await["id"].as_i64().unwrap();
+    loop {
+        let moved = hub
+            .store
+            .write(move |c| {
+                Box::pin(async move {
+                    Ok(sqlx::query(
+                        "UPDATE deliveries SET next_attempt_at = $1 WHERE id = $2 AND status = 'pending'",
+                    )
+                    .bind(synchub::store::now_ms() + 3_600_000)
+                    .bind(held)
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected())
+                })
+            })
+            .await
+            .unwrap();
+        if moved == 1 {
+            break;
+        }
+        // In flight right now: try again once the attempt is recorded.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // OSM's dealer file brings D0009 (ASCII is valid GB18030).
     std::fs::write(

@@ -95,6 +95,22 @@ pub(crate) async fn apply_campaign(
     let code = str_field(rec, "campaign_code")
         .ok_or_else(|| CrmFailure::Reject("campaign has no campaign_code".into()))?;
     let dealers = list(rec, "dealer_codes");
+    let wanted = list(rec, "target_customers");
+    // Thousands of targets cost a few bulk reads, not a query each, inside the writer.
+    let (ids, mobiles): (Vec<String>, Vec<String>) =
+        wanted.iter().cloned().partition(|t| is_customer_id(t));
+    unit.prefetch_customers(conn, &mobiles, &[]).await?;
+    let mut keys: Vec<(String, String)> = dealers
+        .iter()
+        .map(|d| ("dealer".to_string(), d.clone()))
+        .chain(ids.into_iter().map(|i| ("customer".to_string(), i)))
+        .collect();
+    for m in &mobiles {
+        if let Some(id) = unit.find_customer(conn, Some(m), None).await? {
+            keys.push(("customer".into(), id));
+        }
+    }
+    unit.prefetch(conn, &keys).await?;
     for d in &dealers {
         if unit.get(conn, "dealer", d).await?.is_none() {
             return Err(CrmFailure::Reject(format!(
@@ -106,8 +122,8 @@ pub(crate) async fn apply_campaign(
         .upsert(conn, "campaign", &code, rec, &Columns::default(), src)
         .await?;
     let mut targets = Vec::new();
-    for t in list(rec, "target_customers") {
-        targets.push(resolve(conn, unit, &t).await?);
+    for t in &wanted {
+        targets.push(resolve(conn, unit, t).await?);
     }
     let mut events = Vec::new();
     for d in &dealers {

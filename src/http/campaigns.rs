@@ -35,6 +35,9 @@ fn field_errors(errors: &[FieldError]) -> Vec<Value> {
         .collect()
 }
 
+/// Largest campaign body: room for about half a million target mobiles.
+pub const MAX_BODY_BYTES: usize = 10 << 20;
+
 /// The fields of a campaign (INTERFACES §5); anything else is a mistake worth naming.
 const FIELDS: [&str; 6] = [
     "campaign_code",

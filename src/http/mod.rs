@@ -59,7 +59,12 @@ pub fn router(state: AppState, partner_routes: Router) -> Router {
         .route("/api/v1/vehicles/{vin}", get(get_vehicle))
         .route("/api/v1/dealers/{code}", get(get_dealer))
         .route("/api/v1/leads/{id}", get(get_lead))
-        .route("/api/v1/campaigns", post(campaigns::post_campaign))
+        .route(
+            "/api/v1/campaigns",
+            post(campaigns::post_campaign).layer(axum::extract::DefaultBodyLimit::max(
+                campaigns::MAX_BODY_BYTES,
+            )),
+        )
         .route("/api/v1/campaigns/{code}", get(campaigns::get_campaign))
         .route("/api/v1/approvals", get(list_approvals))
         .route("/api/v1/approvals/{id}/{decision}", post(decide_approval))

@@ -236,6 +236,40 @@ fn campaign_result(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The campaign the benchmark's results report on, stored before the hub starts: results
+/// count only for a campaign assigned to the reporting dealer.
+async fn seed_campaign(root: &std::path::Path) {
+    let store = synchub::store::Store::open(&format!("sqlite://{}/data/hub.db", root.display()))
+        .await
+        .expect("store");
+    let data = serde_json::json!({"campaign_code": "C2026-12-WINTERCARE", "name": "冬季关怀免费检测",
+        "start_date": "2026-12-01", "end_date": "2026-12-31", "dealer_codes": ["D0001"],
+        "target_customers": ["13900000000"]});
+    let src = synchub::crm::ChangeSource {
+        system: "bench".into(),
+        message_id: None,
+        needs_approval: false,
+    };
+    store
+        .write(move |c| {
+            Box::pin(async move {
+                synchub::crm::upsert(
+                    c,
+                    "campaign",
+                    "C2026-12-WINTERCARE",
+                    data.as_object().expect("object"),
+                    &synchub::crm::Columns::default(),
+                    &src,
+                )
+                .await
+                .map(drop)
+            })
+        })
+        .await
+        .expect("seed campaign");
+    store.close().await;
+}
+
 async fn amqp(n: usize) {
     let id = uuid::Uuid::now_v7().simple().to_string();
     let prefix = format!("bench{}.", &id[20..]);
@@ -273,6 +307,7 @@ async fn amqp(n: usize) {
             .await
             .unwrap();
     }
+    seed_campaign(dir.path()).await;
     let (_c3, ch3) = channel().await;
     publish_confirmed(&ch3, &inbound, "dms.campaign-result", &bodies).await;
     let hub = start_hub(dir.path(), &prefix, &[]).await;

@@ -228,6 +228,14 @@ impl Application {
         });
         for (id, ep) in &settings.endpoints {
             match ep {
+                EndpointConfig::Soap(x) if x.direction == Direction::Out && !x.enabled => {
+                    outbounds.insert(
+                        id.clone(),
+                        Arc::new(crate::disabled::DisabledOutbound::new(id.clone())),
+                    );
+                    sftp.mark_disabled(id);
+                    endpoint_kinds.push((id.clone(), "soap out".to_string()));
+                }
                 EndpointConfig::Soap(x) if x.direction == Direction::Out => {
                     let password = x
                         .password_env

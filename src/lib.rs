@@ -8,6 +8,7 @@
 //! - `routing`: the route table compiled from `routes/*.toml`.
 //! - `pipeline`: the `Inbox` adapters hand submissions to: validate, map, route, journal.
 //! - `demo`: `synchub demo`, the hub with built-in partner simulators.
+//! - `disabled`: the stand-in adapter of an outbound endpoint with `enabled = false`.
 //! - `dispatch`: claims due deliveries, calls outbound adapters, retries, parks.
 //! - `crm`: the CRM store sink (upserts, history, matching, approvals, change events).
 //! - `sftp`: SFTP endpoints: adapter configs, the store-backed file ledger, poll scheduling.
@@ -23,6 +24,7 @@ pub mod check;
 pub mod cli;
 pub mod crm;
 pub mod demo;
+pub mod disabled;
 pub mod dispatch;
 pub mod http;
 pub mod import;

@@ -574,6 +574,10 @@ pub enum EndpointConfig {
 #[serde(deny_unknown_fields)]
 pub struct SoapEndpoint {
     pub direction: Direction,
+    /// `out`: a disabled endpoint is loaded and checked but never called; its deliveries wait
+    /// (retrying, then parked) until it is enabled. Its secret need not be set.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// `in`: largest request accepted, in bytes.
     #[serde(default = "default_soap_max_body")]
     pub max_body_bytes: usize,
@@ -872,6 +876,7 @@ impl EndpointConfig {
             EndpointConfig::Soap(x) => x
                 .password_env
                 .as_deref()
+                .filter(|_| x.enabled)
                 .map(|var| ("password_env", var))
                 .into_iter()
                 .collect(),
@@ -2061,6 +2066,7 @@ impl Settings {
                     );
                 }
                 for (field, set) in [
+                    ("enabled", !x.enabled),
                     ("url", x.url.is_some()),
                     ("username", x.username.is_some()),
                     ("password_env", x.password_env.is_some()),
@@ -2505,6 +2511,55 @@ mod tests {
     }
 
     #[test]
+    fn a_disabled_soap_outbound_needs_no_secret_until_enabled() {
+        let root = layout();
+        let config = root.path().join("config");
+        write(
+            &config,
+            "endpoints/dcs.toml",
+            "type = \"soap\"\ndirection = \"out\"\nenabled = false\nurl = \"http://127.0.0.1:8090/dcs\"\n\
+             username = \"u\"\npassword_env = \"DCS_PW\"\n",
+        );
+        let s = Settings::load(&config, Profile::Production, &[]).unwrap();
+        let EndpointConfig::Soap(x) = &s.endpoints["dcs"] else {
+            panic!("soap expected")
+        };
+        assert!(!x.enabled);
+        assert!(s.validate().is_empty(), "{:?}", s.validate());
+        let vars = env(&[("SYNCHUB__ENDPOINTS__DCS__ENABLED", "true")]);
+        let problems = Settings::load(&config, Profile::Local, &vars)
+            .unwrap()
+            .validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key_path == "endpoints.dcs.password_env"
+                    && p.message.contains("DCS_PW is not set")),
+            "{problems:?}"
+        );
+        let vars = env(&[
+            ("SYNCHUB__ENDPOINTS__DCS__ENABLED", "true"),
+            ("DCS_PW", "pw"),
+        ]);
+        let s = Settings::load(&config, Profile::Local, &vars).unwrap();
+        assert!(s.validate().is_empty(), "{:?}", s.validate());
+        write(
+            &config,
+            "endpoints/dcs.toml",
+            "type = \"soap\"\ndirection = \"in\"\nenabled = false\n",
+        );
+        let problems = Settings::load(&config, Profile::Local, &[])
+            .unwrap()
+            .validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.key_path == "endpoints.dcs.enabled"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn env_override_problems_name_the_variable() {
         let root = layout();
         let config = root.path().join("config");
@@ -2610,6 +2665,7 @@ mod tests {
             "type = \"amqp\"\ndirection = \"in\"\nurl = \"amqp://h\"\nprefetch = 8\nqueues = [{ queue = \"q\", routing_key = \"k\", record_type = \"lead_result\" }]\n",
             "type = \"soap\"\ndirection = \"out\"\nurl = \"http://dcs\"\nusername = \"u\"\npassword_env = \"P\"\n",
             "type = \"sftp\"\ndirection = \"in\"\nhost = \"h\"\nuser = \"u\"\nprivate_key_file = \"k\"\nknown_hosts_file = \"kh\"\ndir = \"/d\"\npattern = \"*.csv\"\ncharset = \"gb18030\"\nnest_prefixes = [\"owner_\"]\n",
+            "type = \"import\"\nbatch = 200\ncharset = \"gb18030\"\n[customers]\nrequire = [\"id_no\"]\nflag_same_mobile_different_name = false\n",
         ];
         let mut seen = BTreeSet::new();
         for body in bodies {

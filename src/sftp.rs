@@ -705,6 +705,11 @@ impl SftpEndpoints {
         }
     }
 
+    /// Shows another kind of endpoint (a disabled SOAP outbound) as disabled too.
+    pub fn mark_disabled(&mut self, id: &str) {
+        self.disabled.insert(id.to_owned());
+    }
+
     pub fn is_disabled(&self, id: &str) -> bool {
         self.disabled.contains(id)
     }

@@ -3,6 +3,7 @@
 //! returns the change events routes fan out. Runs inside the dispatcher's transaction, so a
 //! record is applied exactly once together with its delivery status.
 
+pub mod campaigns;
 pub mod reads;
 pub mod unit;
 
@@ -206,7 +207,17 @@ pub async fn apply_batch(
                 "lead".into(),
                 str_field(&p.rec, "lead_id").unwrap_or_default(),
             )),
-            "campaign_result" => mobiles.extend(str_field(&p.rec, "customer_mobile")),
+            "campaign_result" => {
+                mobiles.extend(str_field(&p.rec, "customer_mobile"));
+                keys.push((
+                    "campaign".into(),
+                    str_field(&p.rec, "campaign_code").unwrap_or_default(),
+                ));
+            }
+            // A vehicle is held until its dealer is known: look the dealers up in bulk.
+            "vehicle" => {
+                keys.extend(str_field(&p.rec, "dealer_code").map(|d| ("dealer".to_string(), d)))
+            }
             _ => {}
         }
     }
@@ -412,6 +423,7 @@ async fn apply_one(
         }
         "campaign_result" => {
             let id = need_id()?;
+            campaigns::check_result(conn, unit, &rec).await?;
             let mobile = str_field(&rec, "customer_mobile");
             if let Some(cid) = unit.find_customer(conn, mobile.as_deref(), None).await? {
                 rec.insert("customer_id".into(), Value::String(cid));
@@ -433,6 +445,15 @@ async fn apply_one(
             let id = need_id()?;
             let mut events = Vec::new();
             let dealer = str_field(&rec, "dealer_code");
+            // Not applied without its dealer, and not dropped: retried with the route's backoff
+            // until OSM's dealer file brings the dealer, parked with this reason if it never does.
+            if let Some(code) = &dealer
+                && unit.get(conn, "dealer", code).await?.is_none()
+            {
+                return Err(CrmFailure::Retry(format!(
+                    "dealer {code} unknown: the vehicle is held until the dealer arrives"
+                )));
+            }
             if let Some(owner) = rec.get("owner").and_then(Value::as_object).cloned() {
                 let (customer_id, created) =
                     owner_customer(conn, unit, &owner, dealer.as_deref(), &src).await?;
@@ -464,7 +485,8 @@ async fn apply_one(
                 events,
             })
         }
-        "dealer" | "campaign" => {
+        "campaign" => campaigns::apply_campaign(conn, unit, &rec, &src).await,
+        "dealer" => {
             let id = need_id()?;
             let cols = Columns {
                 dealer_code: str_field(&rec, "dealer_code"),
@@ -473,6 +495,9 @@ async fn apply_one(
             let up = unit
                 .upsert(conn, &record_type, &id, &rec, &cols, &src)
                 .await?;
+            if up.created {
+                campaigns::wake_held_for_dealer(conn, &d.target, &id).await?;
+            }
             Ok(Applied {
                 summary: format!("{record_type} {id} v{}", up.version),
                 events: vec![],

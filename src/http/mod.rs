@@ -2,6 +2,7 @@
 //! endpoints), the CRM store API, and the REST adapter's partner paths merged in.
 
 pub mod auth;
+pub mod campaigns;
 pub mod error;
 
 use std::sync::Arc;
@@ -58,7 +59,13 @@ pub fn router(state: AppState, partner_routes: Router) -> Router {
         .route("/api/v1/vehicles/{vin}", get(get_vehicle))
         .route("/api/v1/dealers/{code}", get(get_dealer))
         .route("/api/v1/leads/{id}", get(get_lead))
-        .route("/api/v1/campaigns/{code}", get(get_campaign))
+        .route(
+            "/api/v1/campaigns",
+            post(campaigns::post_campaign).layer(axum::extract::DefaultBodyLimit::max(
+                campaigns::MAX_BODY_BYTES,
+            )),
+        )
+        .route("/api/v1/campaigns/{code}", get(campaigns::get_campaign))
         .route("/api/v1/approvals", get(list_approvals))
         .route("/api/v1/approvals/{id}/{decision}", post(decide_approval))
         .route(
@@ -320,21 +327,6 @@ async fn get_lead(
         .await?
         .into();
     Ok(Json(lead))
-}
-
-async fn get_campaign(
-    op: Operator,
-    State(st): State<AppState>,
-    Path(code): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let campaign = crm::reads::get(st.store.pool(), "campaign", &code, None).await?;
-    let results = crm::reads::campaign_results(st.store.pool(), &code, op.dealer_scope()).await?;
-    if campaign.is_none() && results.as_object().is_none_or(|m| m.is_empty()) {
-        return Err(ApiError::not_found(format!("campaign {code}")));
-    }
-    Ok(Json(
-        json!({"campaign_code": code, "campaign": campaign, "results_by_dealer": results}),
-    ))
 }
 
 async fn customer_history(

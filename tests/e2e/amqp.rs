@@ -136,6 +136,7 @@ async fn customer_changes_reach_the_serving_dealers_dms_but_never_echo_back() {
 async fn results_published_by_a_dms_land_in_the_crm_and_poison_does_not_block() {
     let hub = TestHub::spawn(Backend::Sqlite).await;
     wait_amqp_up(&hub).await;
+    crate::campaigns::create_campaign(&hub, "C2026-12-WINTERCARE", &["D0002"]).await;
     let (s, lead) = hub
         .post_records(
             "/api/v1/leads",
@@ -325,6 +326,9 @@ async fn a_broker_outage_mid_stream_loses_and_duplicates_nothing() {
     let (_conn, ch) = amqp_client().await;
     let dms = dms_queue(&ch, &hub.amqp_prefix, "dms.D0001", "dealer.D0001.#").await;
     wait_amqp_up(&hub).await;
+    crate::campaigns::create_campaign(&hub, "C2026-12-WINTERCARE", &["D0001"]).await;
+    hub.settle(20).await;
+    assert_eq!(drain(&ch, &dms).await.len(), 1, "the campaign's assignment");
 
     // Inbound: a DMS publishes campaign results; outbound: customers posted over REST are
     // copied to the DMS queue. Both run while the broker drops the hub's connections.

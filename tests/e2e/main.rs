@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod amqp;
+mod campaigns;
 mod crm;
 mod dispatch;
 mod helpers;

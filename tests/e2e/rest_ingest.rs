@@ -251,6 +251,7 @@ async fn dealer_it_sees_only_its_dealer() {
 #[tokio::test]
 async fn leads_results_and_campaign_results_reach_the_crm() {
     let hub = TestHub::spawn(Backend::Sqlite).await;
+    crate::campaigns::create_campaign(&hub, "C2026-12-WINTERCARE", &["D0002"]).await;
     let (s, lead) = hub
         .post_records(
             "/api/v1/leads",

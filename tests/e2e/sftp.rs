@@ -350,6 +350,7 @@ async fn identical_reupload_has_no_effect_but_new_content_under_the_same_name_is
     let fx = SshdFixture::start();
     let dir = "inbound/campaign-results";
     let hub = spawn(Backend::Sqlite, &enable(&fx, CAMPAIGN_RESULTS, dir)).await;
+    crate::campaigns::create_campaign(&hub, "C2026-12-WINTERCARE", &["D0002"]).await;
     let name = "CAMPRES_D0002_20261206.csv";
     let original = sample_bytes(name);
     let path = fx.path(&format!("{dir}/{name}"));

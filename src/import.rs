@@ -793,13 +793,11 @@ pub async fn run(
             .collect();
         let mut waited = Instant::now();
         let deadline = Instant::now() + opts.apply_timeout;
-        loop {
-            let left = unapplied(&store, &routes).await?;
-            if left == 0 || Instant::now() >= deadline {
-                break;
-            }
-            if waited.elapsed() >= Duration::from_secs(2) {
+        // The checks read the store beside the dispatcher's writes: cheap ones, not too often.
+        while unapplied(&store, &routes).await? && Instant::now() < deadline {
+            if waited.elapsed() >= Duration::from_secs(5) {
                 waited = Instant::now();
+                let left = waiting(&store, &routes).await?;
                 progress.set(
                     report.source_rows,
                     &format!("CRM store applying: {left} left"),
@@ -1162,26 +1160,45 @@ fn file_pattern(sha256: &str) -> String {
     format!("%{sha256}%")
 }
 
-/// Deliveries of the import routes not yet applied for the first time (retries excluded: a
-/// vehicle waiting for its dealer must not hold the import open). Includes rows an interrupted
-/// run journaled but did not apply; those it was applying when killed come back when their
-/// lease (`dispatch.lease_secs`) expires. Only waiting rows are read (index on route, status).
-async fn unapplied(store: &Store, routes: &[String]) -> anyhow::Result<i64> {
+/// Whether a delivery of the import routes is still to be applied for the first time
+/// (retries excluded: a vehicle waiting for its dealer must not hold the import open). Includes
+/// rows an interrupted run journaled but did not apply; those it was applying when killed come
+/// back when their lease (`dispatch.lease_secs`) expires. It stops at the first
+/// such row, so it costs nothing while the backlog is long.
+async fn unapplied(store: &Store, routes: &[String]) -> anyhow::Result<bool> {
     if routes.is_empty() {
-        return Ok(0);
+        return Ok(false);
     }
-    let list: Vec<String> = (1..=routes.len()).map(|i| format!("${i}")).collect();
     let sql = format!(
-        "SELECT COUNT(*) FROM deliveries WHERE route IN ({}) \
-         AND (status = 'in_flight' OR (status = 'pending' AND attempts = 0))",
-        list.join(",")
+        "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE route IN ({}) \
+         AND (status = 'in_flight' OR (status = 'pending' AND attempts = 0)) LIMIT 1) AS x",
+        placeholders(routes.len())
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for r in routes {
         q = q.bind(r.as_str());
     }
-    let row = q.fetch_one(store.pool()).await?;
-    Ok(row.try_get(0)?)
+    Ok(q.fetch_one(store.pool()).await?.try_get::<i64, _>(0)? > 0)
+}
+
+/// Deliveries of the import routes still waiting, for the progress line (an index-only count).
+async fn waiting(store: &Store, routes: &[String]) -> anyhow::Result<i64> {
+    if routes.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "SELECT COUNT(*) FROM deliveries WHERE route IN ({}) AND status IN ('pending','in_flight')",
+        placeholders(routes.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for r in routes {
+        q = q.bind(r.as_str());
+    }
+    Ok(q.fetch_one(store.pool()).await?.try_get(0)?)
+}
+
+fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
 }
 
 async fn outcomes(

@@ -35,6 +35,8 @@ pub struct Dispatcher {
     status: Arc<EndpointStates>,
     /// The CRM store endpoints, as a claim filter.
     crm_targets: Targets,
+    /// The other targets, claimed one by one (see `journal::claim`).
+    partner_targets: Targets,
 }
 
 /// When the next attempt should happen: the partner's wish if it gave one, else exponential
@@ -148,7 +150,21 @@ impl Dispatcher {
         status: Arc<EndpointStates>,
     ) -> Dispatcher {
         let crm_targets = Targets::Only(crm.keys().cloned().collect());
+        // Every target a delivery can have, named: claiming "everything but the CRM store"
+        // would walk the CRM backlog on every claim. Targets without an adapter are included so
+        // their deliveries are still tried (and parked with the reason).
+        let mut partners: Vec<String> = pipeline
+            .routes()
+            .routes()
+            .iter()
+            .flat_map(|r| r.to.iter().cloned())
+            .chain(outbounds.keys().cloned())
+            .filter(|t| !crm.contains_key(t))
+            .collect();
+        partners.sort();
+        partners.dedup();
         Dispatcher {
+            partner_targets: Targets::Only(partners),
             crm_targets,
             store,
             pipeline,
@@ -219,11 +235,14 @@ impl Dispatcher {
             // leases do not run out while claimed work waits for a worker.
             let free = workers.available_permits();
             if free > 0 && !self.outbounds.is_empty() {
-                let except = match &self.crm_targets {
-                    Targets::Only(t) => Targets::Except(t.clone()),
-                    other => other.clone(),
-                };
-                match self.claim((free as i64).min(batch), lease, except).await {
+                match self
+                    .claim(
+                        (free as i64).min(batch),
+                        lease,
+                        self.partner_targets.clone(),
+                    )
+                    .await
+                {
                     Ok(claimed) => {
                         busy |= !claimed.is_empty();
                         for c in claimed {

@@ -1198,7 +1198,10 @@ async fn waiting(store: &Store, routes: &[String]) -> anyhow::Result<i64> {
 }
 
 fn placeholders(n: usize) -> String {
-    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 async fn outcomes(

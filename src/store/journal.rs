@@ -700,7 +700,40 @@ pub enum Targets {
 /// Claims up to `limit` due deliveries whose lane is free (no earlier unfinished delivery with
 /// the same lane key to the same target). On PostgreSQL, `SKIP LOCKED` lets several instances
 /// claim concurrently without ever taking the same row.
+///
+/// `Targets::Only` claims target by target, each through the `(target, next_attempt_at)` index
+/// of due deliveries: the cost stays proportional to what is claimed, however long another
+/// target's backlog is (a million CRM rows waiting must not slow the claim of partner rows).
+/// The order of the targets rotates so none starves the others.
 pub async fn claim(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    limit: i64,
+    lease_ms: i64,
+    targets: &Targets,
+) -> Result<Vec<Claimed>, StoreError> {
+    let Targets::Only(list) = targets else {
+        return claim_where(conn, dialect, limit, lease_ms, targets).await;
+    };
+    if list.len() <= 1 {
+        return claim_where(conn, dialect, limit, lease_ms, targets).await;
+    }
+    static ROTATE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let start = ROTATE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % list.len();
+    let mut out = Vec::new();
+    for i in 0..list.len() {
+        let remaining = limit - out.len() as i64;
+        if remaining <= 0 {
+            break;
+        }
+        let one = Targets::Only(vec![list[(start + i) % list.len()].clone()]);
+        out.extend(claim_where(conn, dialect, remaining, lease_ms, &one).await?);
+    }
+    out.sort_by_key(|c| c.id);
+    Ok(out)
+}
+
+async fn claim_where(
     conn: &mut AnyConnection,
     dialect: Dialect,
     limit: i64,

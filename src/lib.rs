@@ -20,6 +20,7 @@ pub mod check;
 pub mod cli;
 pub mod crm;
 pub mod dispatch;
+pub mod extract;
 pub mod http;
 pub mod pipeline;
 pub mod routing;

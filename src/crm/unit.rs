@@ -332,12 +332,26 @@ impl Unit {
     pub async fn flush(self, conn: &mut AnyConnection) -> Result<(), StoreError> {
         let now = now_ms();
         let mut inserts = Vec::new();
+        let mut changes = Vec::new();
         for ((entity, id), r) in self.recs {
+            if !r.new && !r.dirty {
+                continue;
+            }
+            // Serialised once for the record and its change-log row.
+            let data = Value::Object(r.data).to_string();
+            changes.push(crate::extract::changes::Change {
+                entity: entity.clone(),
+                entity_id: id.clone(),
+                version: r.version,
+                op: crate::extract::changes::Op::Upsert,
+                data: data.clone(),
+                changed_at: now,
+            });
             if r.new {
                 inserts.push(vec![
                     entity.into(),
                     id.into(),
-                    Value::Object(r.data).to_string().into(),
+                    data.into(),
                     r.version.into(),
                     r.dealer_code.into(),
                     r.mobile.into(),
@@ -353,7 +367,7 @@ impl Unit {
                     "UPDATE crm_records SET data = $1, version = $2, dealer_code = $3, mobile = $4, id_no = $5, \
                      ref = $6, source_system = $7, src_updated_at = $8, updated_at = $9 WHERE entity = $10 AND id = $11",
                 )
-                .bind(Value::Object(r.data).to_string())
+                .bind(data)
                 .bind(r.version)
                 .bind(r.dealer_code)
                 .bind(r.mobile)
@@ -406,6 +420,8 @@ impl Unit {
             "",
         )
         .await?;
+        // After the record writes, in the same transaction: the extract change log.
+        crate::extract::changes::append(conn, changes).await?;
         Ok(())
     }
 }

@@ -1,0 +1,222 @@
+//! `GET /api/v1/extracts/<entity>` (IF-09): the ETL key or an admin token; the window is fixed
+//! before the first byte (so `X-Next-Cursor` can be a header), then rows stream page by page.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Charset, Format, Window};
+use crate::http::auth::Operators;
+use crate::http::error::ApiError;
+use crate::settings::{Settings, sha256_hex};
+use crate::store::Store;
+
+/// The partner system whose API keys may pull extracts.
+pub const ETL_SYSTEM: &str = "etl";
+
+#[derive(Clone)]
+pub struct ExtractState {
+    store: Store,
+    operators: Arc<Operators>,
+    /// sha256 of every API key, and whether it is an ETL key.
+    keys: Arc<Vec<(String, bool)>>,
+}
+
+impl ExtractState {
+    pub fn new(store: Store, settings: &Settings) -> ExtractState {
+        ExtractState {
+            store,
+            operators: Arc::new(Operators::from_config(&settings.auth.operators)),
+            keys: Arc::new(
+                settings
+                    .auth
+                    .api_keys
+                    .iter()
+                    .map(|k| (k.key_sha256.to_ascii_lowercase(), k.system == ETL_SYSTEM))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Who is asking: the ETL key or an admin passes; another valid key or operator is 403;
+    /// nothing valid is 401.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+            let hash = sha256_hex(key.trim());
+            return match self.keys.iter().find(|(h, _)| *h == hash) {
+                Some((_, true)) => Ok(()),
+                Some((_, false)) => Err(ApiError::forbidden(
+                    "extracts are for the ETL key (system etl) and headquarters administrators",
+                )),
+                None => Err(ApiError::unauthorized("unknown API key")),
+            };
+        }
+        let Some(auth) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Err(ApiError::unauthorized(
+                "missing credentials: X-Api-Key (ETL key) or Authorization: Bearer <admin token>",
+            ));
+        };
+        let token = auth
+            .strip_prefix("Bearer ")
+            .or_else(|| auth.strip_prefix("bearer "))
+            .ok_or_else(|| ApiError::unauthorized("Authorization must be 'Bearer <token>'"))?;
+        match self.operators.by_token(token.trim()) {
+            Some(op) if op.is_admin() => Ok(()),
+            Some(_) => Err(ApiError::forbidden(
+                "extracts span every dealer: only headquarters administrators may pull them",
+            )),
+            None => Err(ApiError::unauthorized("unknown operator token")),
+        }
+    }
+}
+
+pub fn router(state: ExtractState) -> Router {
+    Router::new()
+        .route("/api/v1/extracts/{entity}", get(extract))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct Params {
+    since: Option<String>,
+    until: Option<String>,
+    format: Option<String>,
+    charset: Option<String>,
+    limit: Option<String>,
+}
+
+/// The parsed request, or a 400 naming every bad parameter.
+struct Request {
+    since: i64,
+    until: Option<i64>,
+    limit: Option<u64>,
+    format: Format,
+    charset: Charset,
+}
+
+fn parse(p: &Params) -> Result<Request, ApiError> {
+    let mut details = Vec::new();
+    let mut bad = |field: &str, reason: String| {
+        details.push(json!({"field": field, "reason": reason}));
+    };
+    let since = match p.since.as_deref().filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(s) => super::parse_cursor("since", s).unwrap_or_else(|e| {
+            bad("since", e);
+            0
+        }),
+    };
+    let until = p
+        .until
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .and_then(|s| super::parse_cursor("until", s).map_err(|e| bad("until", e)).ok());
+    if let Some(u) = until
+        && u < since
+    {
+        bad(
+            "until",
+            format!("until ({u}) must not be below since ({since})"),
+        );
+    }
+    let limit = p.limit.as_deref().filter(|s| !s.is_empty()).and_then(|s| {
+        s.parse::<u64>()
+            .ok()
+            .filter(|l| *l > 0)
+            .or_else(|| {
+                bad(
+                    "limit",
+                    format!("limit must be a positive integer, not '{s}'"),
+                );
+                None
+            })
+    });
+    let format = match p.format.as_deref().filter(|s| !s.is_empty()) {
+        None => Format::Ndjson,
+        Some(s) => Format::parse(s).unwrap_or_else(|e| {
+            bad("format", e);
+            Format::Ndjson
+        }),
+    };
+    let charset = match p.charset.as_deref().filter(|s| !s.is_empty()) {
+        None => Charset::Utf8,
+        Some(s) => match Charset::parse(s) {
+            Ok(Charset::Gb18030) if format != Format::Csv => {
+                bad(
+                    "charset",
+                    "gb18030 is offered for format=csv only; NDJSON is always UTF-8".into(),
+                );
+                Charset::Utf8
+            }
+            Ok(c) => c,
+            Err(e) => {
+                bad("charset", e);
+                Charset::Utf8
+            }
+        },
+    };
+    if !details.is_empty() {
+        let message = details
+            .iter()
+            .filter_map(|d| d["reason"].as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(ApiError::bad_request("invalid_parameter", message).with_details(details));
+    }
+    Ok(Request {
+        since,
+        until,
+        limit,
+        format,
+        charset,
+    })
+}
+
+async fn extract(
+    State(st): State<ExtractState>,
+    Path(name): Path<String>,
+    Query(p): Query<Params>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    st.authorize(&headers)?;
+    let Some(entity) = super::entity(&name) else {
+        let names = super::entity_names();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_entity",
+            format!(
+                "no extract for '{name}'; entities are: {}",
+                names.join(", ")
+            ),
+        )
+        .with_details(names.iter().map(|n| json!({"entity": n})).collect()));
+    };
+    let req = parse(&p)?;
+    let window = Window::resolve(&st.store, entity, req.since, req.until, req.limit).await?;
+    let content_type = match req.format {
+        Format::Ndjson => "application/x-ndjson; charset=utf-8".to_string(),
+        Format::Csv => format!("text/csv; charset={}", req.charset.label()),
+    };
+    let next = window.end;
+    let (rows, _) = super::stream(st.store.clone(), window, req.format, req.charset);
+    let mut resp = Response::new(Body::from_stream(rows));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&content_type).expect("ascii content type"),
+    );
+    h.insert("x-next-cursor", HeaderValue::from(next));
+    h.insert("x-cursor-since", HeaderValue::from(req.since));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}

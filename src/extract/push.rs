@@ -1,0 +1,1 @@
+//! The nightly push (IF-09b) placeholder; filled in below.

@@ -38,6 +38,7 @@ pub struct Application {
     links: Vec<Arc<Link>>,
     consumers: Vec<Arc<AmqpInbound>>,
     sftp: Arc<crate::sftp::SftpEndpoints>,
+    pushes: Vec<Arc<crate::extract::push::PushJob>>,
 }
 
 /// Drops raw payloads of finished messages after the retention period, on a cron schedule.
@@ -141,6 +142,8 @@ pub struct Assembled {
     pub consumers: Vec<Arc<AmqpInbound>>,
     /// SFTP endpoints; the enabled inbound ones poll while running.
     pub sftp: Arc<crate::sftp::SftpEndpoints>,
+    /// Scheduled extract pushes (IF-09b) to run while running.
+    pub pushes: Vec<Arc<crate::extract::push::PushJob>>,
 }
 
 impl Application {
@@ -161,6 +164,7 @@ impl Application {
             links: a.links,
             consumers: a.consumers,
             sftp: a.sftp,
+            pushes: a.pushes,
         })
     }
 
@@ -217,6 +221,10 @@ impl Application {
         let mut links = Vec::new();
         let mut consumers = Vec::new();
         let mut sftp = crate::sftp::SftpEndpoints::default();
+        let pushes = crate::extract::push::from_settings(&settings, &store);
+        partner_routes = partner_routes.merge(crate::extract::http::router(
+            crate::extract::http::ExtractState::new(store.clone(), &settings, pushes.clone()),
+        ));
         let link_status = status.clone();
         let observer: synchub_adapter_amqp::Observer = Arc::new(move |id, ev| match ev {
             LinkEvent::Up => link_status.connection(id, Ok(())),
@@ -376,6 +384,7 @@ impl Application {
             links,
             consumers,
             sftp,
+            pushes,
         })
     }
 
@@ -417,6 +426,9 @@ impl Application {
             .map(|c| tokio::spawn(c.clone().run(stop_rx.clone())))
             .collect();
         let pollers = self.sftp.spawn(&stop_rx);
+        for p in &self.pushes {
+            tokio::spawn(p.clone().run(stop_rx.clone()));
+        }
         let dispatcher = if self.dispatch_enabled {
             tokio::spawn(self.dispatcher.clone().run(stop_rx.clone()))
         } else {

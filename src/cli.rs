@@ -1,4 +1,4 @@
-//! The command line: `synchub run | check | migrate | replay`, each with `--help`.
+//! The command line: `synchub run | check | migrate | replay | extract`, each with `--help`.
 
 use std::path::PathBuf;
 
@@ -37,4 +37,7 @@ pub enum Command {
         #[arg(long)]
         mapping_version: Option<u32>,
     },
+    /// Write one entity's change window to a file, exactly as `GET /api/v1/extracts/<entity>`
+    /// would stream it (reads the store directly; no running hub needed).
+    Extract(crate::extract::cli::ExtractArgs),
 }

@@ -94,6 +94,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ids.len()
             );
         }
+        Command::Extract(args) => return synchub::extract::cli::run(&settings, &args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,9 +9,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
+use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
+use sqlx::Row;
 
+use super::push::PushJob;
 use super::{Charset, Format, Window};
 use crate::http::auth::Operators;
 use crate::http::error::ApiError;
@@ -27,11 +30,13 @@ pub struct ExtractState {
     operators: Arc<Operators>,
     /// sha256 of every API key, and whether it is an ETL key.
     keys: Arc<Vec<(String, bool)>>,
+    pushes: Arc<Vec<Arc<PushJob>>>,
 }
 
 impl ExtractState {
-    pub fn new(store: Store, settings: &Settings) -> ExtractState {
+    pub fn new(store: Store, settings: &Settings, pushes: Vec<Arc<PushJob>>) -> ExtractState {
         ExtractState {
+            pushes: Arc::new(pushes),
             store,
             operators: Arc::new(Operators::from_config(&settings.auth.operators)),
             keys: Arc::new(
@@ -83,6 +88,10 @@ impl ExtractState {
 pub fn router(state: ExtractState) -> Router {
     Router::new()
         .route("/api/v1/extracts/{entity}", get(extract))
+        .route(
+            "/api/v1/extracts/push/{endpoint}",
+            get(push_status).post(push_now),
+        )
         .with_state(state)
 }
 
@@ -219,4 +228,110 @@ async fn extract(
     h.insert("x-cursor-since", HeaderValue::from(req.since));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
+}
+
+impl ExtractState {
+    fn job(&self, endpoint: &str) -> Result<&Arc<PushJob>, ApiError> {
+        self.pushes
+            .iter()
+            .find(|j| j.endpoint() == endpoint)
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "scheduled extract push '{endpoint}' (enabled outbound SFTP endpoints with a schedule: {})",
+                    self.pushes
+                        .iter()
+                        .map(|j| j.endpoint())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+    }
+}
+
+impl ExtractState {
+    /// An admin Bearer token, else 401 (none or unknown) / 403 (not headquarters).
+    fn admin_only(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <admin token>"))?;
+        match self.operators.by_token(token.trim()) {
+            Some(op) if op.is_admin() => Ok(()),
+            Some(_) => Err(ApiError::forbidden(
+                "only headquarters administrators run or inspect the ETL push",
+            )),
+            None => Err(ApiError::unauthorized("unknown operator token")),
+        }
+    }
+}
+
+/// `POST /api/v1/extracts/push/<endpoint>`: runs the push now (e.g. to catch up after a failed
+/// night without waiting for the schedule) and answers with what it did.
+async fn push_now(
+    State(st): State<ExtractState>,
+    Path(endpoint): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    st.admin_only(&headers)?;
+    let job = st.job(&endpoint)?;
+    let report = job.push(chrono::Utc::now()).await;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+/// `GET /api/v1/extracts/push/<endpoint>`: each entity's cursor and the last runs.
+async fn push_status(
+    State(st): State<ExtractState>,
+    Path(endpoint): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    st.admin_only(&headers)?;
+    st.job(&endpoint)?;
+    let time = |ms: Option<i64>| {
+        ms.and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339())
+    };
+    let cursors = sqlx::query(
+        "SELECT entity, last_cursor, last_file, last_rows, updated_at FROM extract_cursors \
+         WHERE endpoint = $1 ORDER BY entity",
+    )
+    .bind(&endpoint)
+    .fetch_all(st.store.pool())
+    .await
+    .map_err(crate::store::StoreError::from)?
+    .iter()
+    .map(|r| {
+        Ok(json!({
+            "entity": r.try_get::<String, _>(0)?,
+            "cursor": r.try_get::<i64, _>(1)?.to_string(),
+            "last_file": r.try_get::<Option<String>, _>(2)?,
+            "last_rows": r.try_get::<Option<i64>, _>(3)?,
+            "updated_at": time(Some(r.try_get(4)?)),
+        }))
+    })
+    .collect::<Result<Vec<Value>, sqlx::Error>>()
+    .map_err(crate::store::StoreError::from)?;
+    let runs = sqlx::query(
+        "SELECT tick, owner, status, detail, started_at, finished_at FROM extract_runs \
+         WHERE endpoint = $1 ORDER BY tick DESC LIMIT 10",
+    )
+    .bind(&endpoint)
+    .fetch_all(st.store.pool())
+    .await
+    .map_err(crate::store::StoreError::from)?
+    .iter()
+    .map(|r| {
+        let detail: Option<String> = r.try_get(3)?;
+        Ok(json!({
+            "tick": time(Some(r.try_get(0)?)),
+            "owner": r.try_get::<String, _>(1)?,
+            "status": r.try_get::<String, _>(2)?,
+            "detail": detail.and_then(|d| serde_json::from_str::<Value>(&d).ok()),
+            "started_at": time(Some(r.try_get(4)?)),
+            "finished_at": time(r.try_get(5)?),
+        }))
+    })
+    .collect::<Result<Vec<Value>, sqlx::Error>>()
+    .map_err(crate::store::StoreError::from)?;
+    Ok(Json(json!({"endpoint": endpoint, "cursors": cursors, "runs": runs})))
 }

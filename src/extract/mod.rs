@@ -4,6 +4,7 @@
 //! [`Window`] and [`stream`], so all three give the same bytes for the same window.
 
 pub mod changes;
+pub mod cli;
 pub mod http;
 pub mod push;
 

@@ -31,6 +31,9 @@ struct Rec {
     new: bool,
     /// In the table and changed: updated at flush.
     dirty: bool,
+    /// When it was last changed in this unit (a counter): the change log gets the batch's
+    /// records in the order they were applied.
+    touched: u64,
 }
 
 /// What the unit knows and what it will write.
@@ -44,6 +47,7 @@ pub struct Unit {
     by_id_no: HashMap<String, String>,
     id_nos_known: HashSet<String>,
     history: Vec<Vec<Arg>>,
+    clock: u64,
 }
 
 const CHUNK: usize = 400;
@@ -85,6 +89,7 @@ impl Unit {
                         source_system: row.try_get(9)?,
                         new: false,
                         dirty: false,
+                        touched: 0,
                     },
                 );
             }
@@ -218,7 +223,9 @@ impl Unit {
                 data: data.clone(),
                 new: true,
                 dirty: false,
+                touched: self.clock,
             };
+            self.clock += 1;
             if entity == "customer" {
                 self.index_customer(id, &rec);
             }
@@ -284,6 +291,8 @@ impl Unit {
             }
             rec.source_system = Some(src.system.clone());
             rec.dirty |= !rec.new;
+            rec.touched = self.clock;
+            self.clock += 1;
         }
         out.data = rec.data.clone();
         let dealer = cols
@@ -333,10 +342,13 @@ impl Unit {
         let now = now_ms();
         let mut inserts = Vec::new();
         let mut changes = Vec::new();
-        for ((entity, id), r) in self.recs {
-            if !r.new && !r.dirty {
-                continue;
-            }
+        let mut recs: Vec<(Key, Rec)> = self
+            .recs
+            .into_iter()
+            .filter(|(_, r)| r.new || r.dirty)
+            .collect();
+        recs.sort_unstable_by_key(|(_, r)| r.touched);
+        for ((entity, id), r) in recs {
             // Serialised once for the record and its change-log row.
             let data = Value::Object(r.data).to_string();
             changes.push(crate::extract::changes::Change {

@@ -37,6 +37,9 @@ use crate::store::{Dialect, StoreError};
 /// How long a reader waits for open CRM writers before answering busy.
 pub const WAIT: Duration = Duration::from_secs(3);
 
+/// Starts the message of the "writers still open" error, so the API can answer it as busy.
+pub const BUSY: &str = "extract busy: ";
+
 /// What happened to a record in one change-log row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -91,14 +94,7 @@ pub async fn append(conn: &mut AnyConnection, changes: Vec<Change>) -> Result<()
     insert_rows(
         conn,
         "crm_changes",
-        &[
-            "entity",
-            "entity_id",
-            "version",
-            "op",
-            "data",
-            "changed_at",
-        ],
+        &["entity", "entity_id", "version", "op", "data", "changed_at"],
         rows,
         "",
     )
@@ -156,7 +152,7 @@ pub async fn horizon_waiting(
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(StoreError::Unavailable(format!(
-                "{still} CRM write transaction(s) have been open for more than {} s; the extract \
+                "{BUSY}{still} CRM write transaction(s) have been open for more than {} s; the extract \
                  cannot yet tell which changes are final, retry shortly",
                 wait.as_secs()
             )));

@@ -54,7 +54,11 @@ pub async fn run(settings: &Settings, a: &ExtractArgs) -> anyhow::Result<ExitCod
         Ok(v) => v,
         Err(e) => return usage(e),
     };
-    let until = match a.until.as_deref().map(|u| super::parse_cursor("--until", u)) {
+    let until = match a
+        .until
+        .as_deref()
+        .map(|u| super::parse_cursor("--until", u))
+    {
         Some(Err(e)) => return usage(e),
         Some(Ok(u)) if u < since => {
             return usage(format!("--until ({u}) must not be below --since ({since})"));
@@ -75,7 +79,10 @@ pub async fn run(settings: &Settings, a: &ExtractArgs) -> anyhow::Result<ExitCod
     let store = Store::open(&settings.store.url)
         .await
         .context("Failed to open the store")?;
-    let result = write(&store, entity, since, until, a.limit, format, charset, &a.out).await;
+    let result = write(
+        &store, entity, since, until, a.limit, format, charset, &a.out,
+    )
+    .await;
     store.close().await;
     let (rows, end) = result?;
     println!(

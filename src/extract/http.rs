@@ -3,13 +3,13 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -125,11 +125,11 @@ fn parse(p: &Params) -> Result<Request, ApiError> {
             0
         }),
     };
-    let until = p
-        .until
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .and_then(|s| super::parse_cursor("until", s).map_err(|e| bad("until", e)).ok());
+    let until = p.until.as_deref().filter(|s| !s.is_empty()).and_then(|s| {
+        super::parse_cursor("until", s)
+            .map_err(|e| bad("until", e))
+            .ok()
+    });
     if let Some(u) = until
         && u < since
     {
@@ -139,16 +139,13 @@ fn parse(p: &Params) -> Result<Request, ApiError> {
         );
     }
     let limit = p.limit.as_deref().filter(|s| !s.is_empty()).and_then(|s| {
-        s.parse::<u64>()
-            .ok()
-            .filter(|l| *l > 0)
-            .or_else(|| {
-                bad(
-                    "limit",
-                    format!("limit must be a positive integer, not '{s}'"),
-                );
-                None
-            })
+        s.parse::<u64>().ok().filter(|l| *l > 0).or_else(|| {
+            bad(
+                "limit",
+                format!("limit must be a positive integer, not '{s}'"),
+            );
+            None
+        })
     });
     let format = match p.format.as_deref().filter(|s| !s.is_empty()) {
         None => Format::Ndjson,
@@ -211,7 +208,20 @@ async fn extract(
         .with_details(names.iter().map(|n| json!({"entity": n})).collect()));
     };
     let req = parse(&p)?;
-    let window = Window::resolve(&st.store, entity, req.since, req.until, req.limit).await?;
+    let window = Window::resolve(&st.store, entity, req.since, req.until, req.limit)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Unavailable(m) if m.starts_with(super::changes::BUSY) => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "extract_busy",
+                    &m[super::changes::BUSY.len()..],
+                );
+                e.details = vec![json!({"retry_after_secs": 1})];
+                e
+            }
+            other => other.into(),
+        })?;
     let content_type = match req.format {
         Format::Ndjson => "application/x-ndjson; charset=utf-8".to_string(),
         Format::Csv => format!("text/csv; charset={}", req.charset.label()),
@@ -254,7 +264,10 @@ impl ExtractState {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <admin token>"))?;
         match self.operators.by_token(token.trim()) {
             Some(op) if op.is_admin() => Ok(()),
@@ -333,5 +346,7 @@ async fn push_status(
     })
     .collect::<Result<Vec<Value>, sqlx::Error>>()
     .map_err(crate::store::StoreError::from)?;
-    Ok(Json(json!({"endpoint": endpoint, "cursors": cursors, "runs": runs})))
+    Ok(Json(
+        json!({"endpoint": endpoint, "cursors": cursors, "runs": runs}),
+    ))
 }

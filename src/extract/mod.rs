@@ -216,7 +216,9 @@ pub fn parse_cursor(what: &str, s: &str) -> Result<i64, String> {
         .ok()
         .filter(|v| *v >= 0)
         .ok_or_else(|| {
-            format!("{what} must be a cursor (a non-negative integer from X-Next-Cursor), not '{s}'")
+            format!(
+                "{what} must be a cursor (a non-negative integer from X-Next-Cursor), not '{s}'"
+            )
         })
 }
 
@@ -260,11 +262,7 @@ impl Window {
                 end = nth;
             }
         }
-        Ok(Window {
-            entity,
-            since,
-            end,
-        })
+        Ok(Window { entity, since, end })
     }
 }
 
@@ -460,11 +458,9 @@ fn cell_text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
-        Value::Array(items) if items.iter().all(|i| !i.is_array() && !i.is_object()) => items
-            .iter()
-            .map(cell_text)
-            .collect::<Vec<_>>()
-            .join(";"),
+        Value::Array(items) if items.iter().all(|i| !i.is_array() && !i.is_object()) => {
+            items.iter().map(cell_text).collect::<Vec<_>>().join(";")
+        }
         other => other.to_string(),
     }
 }

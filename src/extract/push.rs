@@ -98,9 +98,10 @@ pub fn from_settings(settings: &Settings, store: &Store) -> Vec<Arc<PushJob>> {
             .as_deref()
             .and_then(|var| settings.secrets.get(var))
             .map(|p| p.expose_secret().to_owned());
-        let instance = s.instance_id.clone().unwrap_or_else(|| {
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "synchub".to_owned())
-        });
+        let instance = s
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "synchub".to_owned()));
         out.push(Arc::new(PushJob {
             endpoint: id.clone(),
             config: crate::sftp::outbound_config(id, s, passphrase),
@@ -148,7 +149,14 @@ impl PushJob {
             error: None,
             entities: Vec::new(),
         };
-        match claim_tick(&self.store, &self.endpoint, tick.timestamp_millis(), &self.owner).await {
+        match claim_tick(
+            &self.store,
+            &self.endpoint,
+            tick.timestamp_millis(),
+            &self.owner,
+        )
+        .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 report.status = "not_ours".into();
@@ -264,9 +272,16 @@ impl PushJob {
                 && let Some(to) = field("to_cursor")
             {
                 // Ours, from a run that ended between the manifest and the cursor update.
-                save_cursor(&self.store, &self.endpoint, entity.name, to, &name, doc["rows"].as_u64().unwrap_or(0))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                save_cursor(
+                    &self.store,
+                    &self.endpoint,
+                    entity.name,
+                    to,
+                    &name,
+                    doc["rows"].as_u64().unwrap_or(0),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
                 out.outcome = "recovered".into();
                 out.to_cursor = to;
                 out.rows = doc["rows"].as_u64().unwrap_or(0);
@@ -306,9 +321,16 @@ impl PushJob {
         w.put_bytes(&manifest, &manifest_json(&written, &info))
             .await
             .map_err(|e| e.to_string())?;
-        save_cursor(&self.store, &self.endpoint, entity.name, end, &name, count.get())
-            .await
-            .map_err(|e| e.to_string())?;
+        save_cursor(
+            &self.store,
+            &self.endpoint,
+            entity.name,
+            end,
+            &name,
+            count.get(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         out.outcome = "written".into();
         out.file = Some(written.path);
         out.rows = count.get();
@@ -320,9 +342,15 @@ impl PushJob {
 
 fn log_report(r: &PushReport) {
     match r.status.as_str() {
-        "ok" => tracing::info!(endpoint = %r.endpoint, tick = %r.tick, entities = ?r.entities.iter().map(|e| (&e.entity, &e.outcome, e.rows)).collect::<Vec<_>>(), "ETL push done."),
-        "not_ours" => tracing::info!(endpoint = %r.endpoint, tick = %r.tick, "ETL push tick taken by another instance."),
-        _ => tracing::warn!(endpoint = %r.endpoint, tick = %r.tick, error = ?r.error, "ETL push failed; the next run catches up."),
+        "ok" => {
+            tracing::info!(endpoint = %r.endpoint, tick = %r.tick, entities = ?r.entities.iter().map(|e| (&e.entity, &e.outcome, e.rows)).collect::<Vec<_>>(), "ETL push done.")
+        }
+        "not_ours" => {
+            tracing::info!(endpoint = %r.endpoint, tick = %r.tick, "ETL push tick taken by another instance.")
+        }
+        _ => {
+            tracing::warn!(endpoint = %r.endpoint, tick = %r.tick, error = ?r.error, "ETL push failed; the next run catches up.")
+        }
     }
 }
 
@@ -356,13 +384,12 @@ pub async fn claim_tick(
 
 /// The entity's last pushed cursor (0 before the first push).
 pub async fn load_cursor(store: &Store, endpoint: &str, entity: &str) -> Result<i64, StoreError> {
-    let row = sqlx::query(
-        "SELECT last_cursor FROM extract_cursors WHERE endpoint = $1 AND entity = $2",
-    )
-    .bind(endpoint)
-    .bind(entity)
-    .fetch_optional(store.pool())
-    .await?;
+    let row =
+        sqlx::query("SELECT last_cursor FROM extract_cursors WHERE endpoint = $1 AND entity = $2")
+            .bind(endpoint)
+            .bind(entity)
+            .fetch_optional(store.pool())
+            .await?;
     Ok(match row {
         Some(r) => r.try_get(0)?,
         None => 0,

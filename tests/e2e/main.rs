@@ -7,6 +7,7 @@
 mod amqp;
 mod crm;
 mod dispatch;
+mod extracts;
 mod helpers;
 mod maintenance;
 mod ops;

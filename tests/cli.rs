@@ -19,7 +19,7 @@ fn help_lists_every_command() {
     let out = synchub().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["run", "check", "migrate", "replay"] {
+    for cmd in ["run", "check", "migrate", "replay", "extract"] {
         assert!(text.contains(cmd), "--help lacks {cmd}:\n{text}");
     }
     let out = synchub().args(["replay", "--help"]).output().unwrap();

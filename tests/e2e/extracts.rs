@@ -512,6 +512,10 @@ async fn nightly_push(backend: Backend) {
     // More changes, then the server is back: the next run takes the whole window from 0.
     load(&hub, 5, 8).await;
     fx.restart();
+    // What a run killed mid-upload leaves: a `.part`, and a data file renamed into place whose
+    // manifest never followed. Neither is a good file: the next run replaces both.
+    std::fs::write(fx.path(&format!("in/customers_{date}.csv.part")), "cut off").unwrap();
+    std::fs::write(fx.path(&format!("in/dealers_{date}.csv")), "no manifest").unwrap();
     let ok = push_now(&hub).await;
     assert_eq!(ok["status"], "ok", "{ok}");
     let mut want: Vec<String> = [
@@ -563,6 +567,9 @@ async fn nightly_push(backend: Backend) {
     )
     .unwrap();
     assert_eq!(dealers["rows"], 3);
+    let dealer_file = std::fs::read(fx.path(&format!("in/dealers_{date}.csv"))).unwrap();
+    assert_eq!(dealers["sha256"], sha256_hex(&dealer_file));
+    assert!(String::from_utf8(dealer_file).unwrap().starts_with("_seq,_op,"));
     let empty: Value = serde_json::from_slice(
         &std::fs::read(fx.path(&format!("in/leads_{date}.manifest.json"))).unwrap(),
     )

@@ -87,6 +87,14 @@ fn customer(i: usize, name: &str) -> Value {
     })
 }
 
+/// A hub for extract tests. No DMS queue is bound: extracts read the CRM store, and the
+/// customer events fanned out to the DMS (which then wait as unroutable) are not under test.
+async fn spawn(backend: Backend, env: &[(&str, &str)]) -> TestHub {
+    let mut env = env.to_vec();
+    env.push((NO_DMS_QUEUES, "1"));
+    TestHub::spawn_with(backend, TestConfig::shipped(), &env).await
+}
+
 /// Waits until the CRM store has applied everything accepted so far. Only the CRM store's
 /// deliveries matter here: the customer events fanned out to the DMS may retry under load.
 async fn settle_crm(hub: &TestHub) {
@@ -134,7 +142,7 @@ async fn load(hub: &TestHub, from: usize, to: usize) -> Vec<String> {
 }
 
 async fn ndjson_and_csv_in_change_order(backend: Backend) {
-    let hub = TestHub::spawn(backend).await;
+    let hub = spawn(backend, &[]).await;
     let ids = load(&hub, 0, 3).await;
     let (s, r) = hub
         .post_records(
@@ -277,7 +285,7 @@ async fn ndjson_and_csv_in_change_order_postgres() {
 }
 
 async fn paging_covers_everything_once(backend: Backend) {
-    let hub = TestHub::spawn(backend).await;
+    let hub = spawn(backend, &[]).await;
     let mut ids = load(&hub, 0, 7).await;
     let mut seen = Vec::new();
     let mut cursor = 0;
@@ -328,7 +336,7 @@ async fn paging_covers_everything_once_postgres() {
 
 #[tokio::test]
 async fn only_the_etl_key_and_admins_may_pull() {
-    let hub = TestHub::spawn(Backend::Sqlite).await;
+    let hub = spawn(Backend::Sqlite, &[]).await;
     for (cred, want) in [
         (Cred::None, 401),
         (Cred::Key("no-such-key"), 401),
@@ -384,7 +392,7 @@ async fn only_the_etl_key_and_admins_may_pull() {
 #[tokio::test]
 async fn postgres_out_of_order_commits_are_never_skipped() {
     use sqlx::{Connection, Row};
-    let hub = TestHub::spawn(Backend::Postgres).await;
+    let hub = spawn(Backend::Postgres, &[]).await;
     let before = pull(&hub, "customers", Cred::Key(ETL)).await;
     assert_eq!(before.status, 200);
     let start = before.next.unwrap();
@@ -494,7 +502,7 @@ async fn nightly_push(backend: Backend) {
     let mut fx = SshdFixture::start();
     let env = push_env(&fx);
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let hub = TestHub::spawn_with(backend, TestConfig::shipped(), &refs).await;
+    let hub = spawn(backend, &refs).await;
     load(&hub, 0, 5).await;
     let date = chrono::Utc::now().format("%Y%m%d").to_string();
 
@@ -569,7 +577,11 @@ async fn nightly_push(backend: Backend) {
     assert_eq!(dealers["rows"], 3);
     let dealer_file = std::fs::read(fx.path(&format!("in/dealers_{date}.csv"))).unwrap();
     assert_eq!(dealers["sha256"], sha256_hex(&dealer_file));
-    assert!(String::from_utf8(dealer_file).unwrap().starts_with("_seq,_op,"));
+    assert!(
+        String::from_utf8(dealer_file)
+            .unwrap()
+            .starts_with("_seq,_op,")
+    );
     let empty: Value = serde_json::from_slice(
         &std::fs::read(fx.path(&format!("in/leads_{date}.manifest.json"))).unwrap(),
     )
@@ -672,7 +684,7 @@ async fn nightly_push_postgres() {
 /// Two hubs on one database run a scheduled tick once: the first to record it runs it.
 #[tokio::test]
 async fn a_tick_runs_on_one_instance_only() {
-    let hub = TestHub::spawn(Backend::Postgres).await;
+    let hub = spawn(Backend::Postgres, &[]).await;
     let a = synchub::extract::push::claim_tick(&hub.store, "etl_sftp_out", 1_000, "hub-a");
     let b = synchub::extract::push::claim_tick(&hub.store, "etl_sftp_out", 1_000, "hub-b");
     let (a, b) = tokio::join!(a, b);
@@ -693,7 +705,7 @@ async fn a_tick_runs_on_one_instance_only() {
 /// exactly what the API returns for the same window.
 #[tokio::test]
 async fn extract_command_writes_the_api_window() {
-    let hub = TestHub::spawn(Backend::Sqlite).await;
+    let hub = spawn(Backend::Sqlite, &[]).await;
     load(&hub, 0, 4).await;
     let api = pull(&hub, "customers?format=csv", Cred::Key(ETL)).await;
     let until = api.next.unwrap();

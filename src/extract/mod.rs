@@ -278,6 +278,9 @@ impl RowCount {
 
 struct Cursor {
     store: Store,
+    /// One connection for the whole stream: on SQLite each reader connection keeps its own page
+    /// cache, so hopping between pooled connections would fill several caches for one extract.
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Any>>,
     window: Window,
     format: Format,
     charset: Charset,
@@ -299,6 +302,7 @@ pub fn stream(
     let rows = RowCount::default();
     let cursor = Cursor {
         store,
+        conn: None,
         after: window.since,
         window,
         format,
@@ -319,6 +323,10 @@ pub fn stream(
             }
         }
         if c.after < c.window.end {
+            if c.conn.is_none() {
+                c.conn = Some(c.store.pool().acquire().await?);
+            }
+            let conn = c.conn.as_mut().expect("acquired above");
             let page = sqlx::query(
                 "SELECT seq, entity_id, version, op, data, changed_at FROM crm_changes \
                  WHERE entity = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
@@ -327,7 +335,7 @@ pub fn stream(
             .bind(c.after)
             .bind(c.window.end)
             .bind(PAGE)
-            .fetch_all(c.store.pool())
+            .fetch_all(&mut **conn)
             .await?;
             if (page.len() as i64) < PAGE {
                 c.finished = true;

@@ -754,3 +754,41 @@ async fn extract_command_writes_the_api_window() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("customers, vehicles"));
     hub.stop().await;
 }
+
+/// The schedule itself: with `* * * * *` the running hub pushes at the next minute on its own.
+#[tokio::test]
+async fn the_schedule_runs_the_push() {
+    let fx = SshdFixture::start();
+    let mut env = push_env(&fx);
+    for (k, v) in &mut env {
+        if k.ends_with("__SCHEDULE") {
+            *v = "* * * * *".into();
+        }
+    }
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let hub = spawn(Backend::Sqlite, &refs).await;
+    load(&hub, 0, 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let runs = loop {
+        let (s, status) = hub.get("/api/v1/extracts/push/etl_sftp_out", ADMIN).await;
+        assert_eq!(s, 200, "{status}");
+        let runs = status["runs"].as_array().cloned().unwrap_or_default();
+        if runs.iter().any(|r| r["status"] == "ok") {
+            break runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled push within 90 s: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let tick = chrono::DateTime::parse_from_rfc3339(runs[0]["tick"].as_str().unwrap()).unwrap();
+    assert_eq!(tick.timestamp() % 60, 0, "runs on the minute: {tick}");
+    let date = tick.format("%Y%m%d").to_string();
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(fx.path(&format!("in/customers_{date}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["rows"], 2);
+    hub.stop().await;
+}

@@ -792,3 +792,83 @@ async fn the_schedule_runs_the_push() {
     assert_eq!(manifest["rows"], 2);
     hub.stop().await;
 }
+
+/// The connection to the analytics server is cut in the middle of an upload: no file appears
+/// under its final name, no cursor moves, and the next run writes the complete file.
+#[tokio::test]
+async fn a_cut_during_upload_leaves_no_partial_file() {
+    use synchub_adapter_sftp::testkit::TcpProxy;
+    let fx = SshdFixture::start();
+    let proxy = TcpProxy::start(fx.port).await;
+    let mut env = push_env(&fx);
+    for (k, v) in &mut env {
+        if k.ends_with("__PORT") {
+            *v = proxy.port.to_string();
+        } else if k.ends_with("__KNOWN_HOSTS_FILE") {
+            *v = fx.known_hosts_for(proxy.port).display().to_string();
+        }
+    }
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let hub = spawn(Backend::Sqlite, &refs).await;
+    // 5,000 customers through the CRM writer: a file of ~1.5 MB, many SFTP writes.
+    hub.store
+        .write(|c| {
+            Box::pin(async move {
+                let mut unit = synchub::crm::Unit::default();
+                let src = synchub::crm::ChangeSource {
+                    system: "test".into(),
+                    message_id: None,
+                    needs_approval: false,
+                };
+                for i in 0..5000 {
+                    let rec = json!({"dealer_code": "D0001", "name": format!("客户{i}"),
+                        "mobile": format!("139{i:08}"), "address": "天河区体育西路101号".repeat(8)});
+                    unit.upsert(
+                        c,
+                        "customer",
+                        &format!("C{i:09}"),
+                        rec.as_object().unwrap(),
+                        &synchub::crm::Columns::default(),
+                        &src,
+                    )
+                    .await?;
+                }
+                unit.flush(c).await
+            })
+        })
+        .await
+        .unwrap();
+    let date = chrono::Utc::now().format("%Y%m%d").to_string();
+    let data_name = format!("customers_{date}.csv");
+    let mut cut_mid_upload = None;
+    for cut in (2000..60_000).step_by(400) {
+        proxy.cut_next_after(cut);
+        let r = push_now(&hub).await;
+        let names = listing(&fx);
+        if r["status"] == "ok" || names.contains(&format!("customers_{date}.manifest.json")) {
+            break;
+        }
+        assert_eq!(r["status"], "failed", "{r}");
+        assert!(!names.contains(&data_name), "cut at {cut}: {names:?}");
+        assert_eq!(cursors(&hub).await, json!([]));
+        if names.contains(&format!("{data_name}.part")) {
+            cut_mid_upload = Some(cut);
+            break;
+        }
+    }
+    let cut = cut_mid_upload.expect("some cut point falls inside the customers upload");
+
+    let ok = push_now(&hub).await;
+    assert_eq!(ok["status"], "ok", "after the cut at {cut}: {ok}");
+    let names = listing(&fx);
+    assert!(!names.iter().any(|n| n.ends_with(".part")), "{names:?}");
+    let data = std::fs::read(fx.path(&format!("in/{data_name}"))).unwrap();
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(fx.path(&format!("in/customers_{date}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["rows"], 5000);
+    assert_eq!(manifest["sha256"], sha256_hex(&data));
+    assert!(data.len() > 1_000_000, "{} bytes", data.len());
+    hub.stop().await;
+}

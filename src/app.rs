@@ -39,6 +39,7 @@ pub struct Application {
     consumers: Vec<Arc<AmqpInbound>>,
     sftp: Arc<crate::sftp::SftpEndpoints>,
     metrics_refresh: std::time::Duration,
+    pushes: Vec<Arc<crate::extract::push::PushJob>>,
 }
 
 /// Drops raw payloads of finished messages after the retention period, on a cron schedule.
@@ -144,6 +145,8 @@ pub struct Assembled {
     pub sftp: Arc<crate::sftp::SftpEndpoints>,
     /// How often the flow gauges are re-read.
     pub metrics_refresh: std::time::Duration,
+    /// Scheduled extract pushes (IF-09b) to run while running.
+    pub pushes: Vec<Arc<crate::extract::push::PushJob>>,
 }
 
 impl Application {
@@ -165,6 +168,7 @@ impl Application {
             consumers: a.consumers,
             sftp: a.sftp,
             metrics_refresh: a.metrics_refresh,
+            pushes: a.pushes,
         })
     }
 
@@ -221,6 +225,10 @@ impl Application {
         let mut links = Vec::new();
         let mut consumers = Vec::new();
         let mut sftp = crate::sftp::SftpEndpoints::default();
+        let pushes = crate::extract::push::from_settings(&settings, &store);
+        partner_routes = partner_routes.merge(crate::extract::http::router(
+            crate::extract::http::ExtractState::new(store.clone(), &settings, pushes.clone()),
+        ));
         let link_status = status.clone();
         let observer: synchub_adapter_amqp::Observer = Arc::new(move |id, ev| match ev {
             LinkEvent::Up => link_status.connection(id, Ok(())),
@@ -395,6 +403,7 @@ impl Application {
             metrics_refresh: std::time::Duration::from_secs(
                 settings.http.metrics_refresh_secs.max(1),
             ),
+            pushes,
         })
     }
 
@@ -436,6 +445,9 @@ impl Application {
             .map(|c| tokio::spawn(c.clone().run(stop_rx.clone())))
             .collect();
         let pollers = self.sftp.spawn(&stop_rx);
+        for p in &self.pushes {
+            tokio::spawn(p.clone().run(stop_rx.clone()));
+        }
         let dispatcher = if self.dispatch_enabled {
             tokio::spawn(self.dispatcher.clone().run(stop_rx.clone()))
         } else {

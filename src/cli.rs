@@ -1,4 +1,5 @@
-//! The command line: `synchub run | check | migrate | replay | import`, each with `--help`.
+//! The command line: `synchub run | check | migrate | replay | import | extract | demo`, each
+//! with `--help`.
 
 use std::path::PathBuf;
 
@@ -70,6 +71,9 @@ pub enum Command {
         #[arg(long, default_value_t = 600)]
         apply_timeout_secs: u64,
     },
+    /// Write one entity's change window to a file, exactly as `GET /api/v1/extracts/<entity>`
+    /// would stream it (reads the store directly; no running hub needed).
+    Extract(crate::extract::cli::ExtractArgs),
 }
 
 fn parse_charset(s: &str) -> Result<synchub_adapter_sftp::Charset, String> {

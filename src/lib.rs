@@ -26,6 +26,7 @@ pub mod crm;
 pub mod demo;
 pub mod disabled;
 pub mod dispatch;
+pub mod extract;
 pub mod http;
 pub mod import;
 pub mod monitor;

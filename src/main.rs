@@ -143,6 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(3));
             }
         }
+        Command::Extract(args) => return synchub::extract::cli::run(&settings, &args).await,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -637,7 +637,8 @@ pub struct SftpEndpoint {
     /// `in`: file name glob (`*`, `?`).
     #[serde(default)]
     pub pattern: Option<String>,
-    /// `in`: poll schedule, 5-field cron in UTC (default every 5 minutes).
+    /// `in`: poll schedule, 5-field cron in UTC (default every 5 minutes). `out`: when set, the
+    /// nightly extract push runs on it (IF-09b, src/extract/push.rs).
     #[serde(default)]
     pub schedule: Option<String>,
     /// `in`: a file without marker is taken once size and mtime were unchanged this long.

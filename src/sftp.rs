@@ -120,10 +120,9 @@ pub fn outbound_config(
 /// the hub and the adapter never disagree about what is valid.
 pub fn config_problems(id: &str, s: &SftpEndpoint) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let in_only: [(&str, bool); 13] = [
+    let in_only: [(&str, bool); 12] = [
         ("system", s.system.is_some()),
         ("pattern", s.pattern.is_some()),
-        ("schedule", s.schedule.is_some()),
         ("stable_secs", s.stable_secs.is_some()),
         ("marker_suffix", s.marker_suffix.is_some()),
         ("require_marker", s.require_marker.is_some()),
@@ -181,6 +180,10 @@ pub fn config_problems(id: &str, s: &SftpEndpoint) -> Vec<(String, String)> {
             }
             if s.prefix.is_none() {
                 out.push(("prefix".to_owned(), "required for direction out".to_owned()));
+            }
+            // `out` with a schedule: the nightly extract push (src/extract/push.rs).
+            if let Some(Err(e)) = s.schedule.as_deref().map(crate::settings::parse_cron) {
+                out.push(("schedule".to_owned(), e));
             }
             outbound_config(id, s, None).validate()
         }

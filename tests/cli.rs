@@ -19,7 +19,9 @@ fn help_lists_every_command() {
     let out = synchub().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["run", "check", "migrate", "replay", "import"] {
+    for cmd in [
+        "run", "check", "migrate", "replay", "import", "extract", "demo",
+    ] {
         assert!(text.contains(cmd), "--help lacks {cmd}:\n{text}");
     }
     let out = synchub().args(["replay", "--help"]).output().unwrap();

@@ -31,6 +31,9 @@ struct Rec {
     new: bool,
     /// In the table and changed: updated at flush.
     dirty: bool,
+    /// When it was last changed in this unit (a counter): the change log gets the batch's
+    /// records in the order they were applied.
+    touched: u64,
 }
 
 /// What the unit knows and what it will write.
@@ -44,6 +47,7 @@ pub struct Unit {
     by_id_no: HashMap<String, String>,
     id_nos_known: HashSet<String>,
     history: Vec<Vec<Arg>>,
+    clock: u64,
 }
 
 const CHUNK: usize = 400;
@@ -85,6 +89,7 @@ impl Unit {
                         source_system: row.try_get(9)?,
                         new: false,
                         dirty: false,
+                        touched: 0,
                     },
                 );
             }
@@ -218,7 +223,9 @@ impl Unit {
                 data: data.clone(),
                 new: true,
                 dirty: false,
+                touched: self.clock,
             };
+            self.clock += 1;
             if entity == "customer" {
                 self.index_customer(id, &rec);
             }
@@ -284,6 +291,8 @@ impl Unit {
             }
             rec.source_system = Some(src.system.clone());
             rec.dirty |= !rec.new;
+            rec.touched = self.clock;
+            self.clock += 1;
         }
         out.data = rec.data.clone();
         let dealer = cols
@@ -332,12 +341,29 @@ impl Unit {
     pub async fn flush(self, conn: &mut AnyConnection) -> Result<(), StoreError> {
         let now = now_ms();
         let mut inserts = Vec::new();
-        for ((entity, id), r) in self.recs {
+        let mut changes = Vec::new();
+        let mut recs: Vec<(Key, Rec)> = self
+            .recs
+            .into_iter()
+            .filter(|(_, r)| r.new || r.dirty)
+            .collect();
+        recs.sort_unstable_by_key(|(_, r)| r.touched);
+        for ((entity, id), r) in recs {
+            // Serialised once for the record and its change-log row.
+            let data = Value::Object(r.data).to_string();
+            changes.push(crate::extract::changes::Change {
+                entity: entity.clone(),
+                entity_id: id.clone(),
+                version: r.version,
+                op: crate::extract::changes::Op::Upsert,
+                data: data.clone(),
+                changed_at: now,
+            });
             if r.new {
                 inserts.push(vec![
                     entity.into(),
                     id.into(),
-                    Value::Object(r.data).to_string().into(),
+                    data.into(),
                     r.version.into(),
                     r.dealer_code.into(),
                     r.mobile.into(),
@@ -353,7 +379,7 @@ impl Unit {
                     "UPDATE crm_records SET data = $1, version = $2, dealer_code = $3, mobile = $4, id_no = $5, \
                      ref = $6, source_system = $7, src_updated_at = $8, updated_at = $9 WHERE entity = $10 AND id = $11",
                 )
-                .bind(Value::Object(r.data).to_string())
+                .bind(data)
                 .bind(r.version)
                 .bind(r.dealer_code)
                 .bind(r.mobile)
@@ -406,6 +432,8 @@ impl Unit {
             "",
         )
         .await?;
+        // After the record writes, in the same transaction: the extract change log.
+        crate::extract::changes::append(conn, changes).await?;
         Ok(())
     }
 }

@@ -8,6 +8,7 @@ mod amqp;
 mod campaigns;
 mod crm;
 mod dispatch;
+mod extracts;
 mod helpers;
 mod maintenance;
 mod ops;

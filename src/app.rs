@@ -38,6 +38,7 @@ pub struct Application {
     links: Vec<Arc<Link>>,
     consumers: Vec<Arc<AmqpInbound>>,
     sftp: Arc<crate::sftp::SftpEndpoints>,
+    escalation: Option<crate::crm::escalation::EscalationJob>,
 }
 
 /// Drops raw payloads of finished messages after the retention period, on a cron schedule.
@@ -141,6 +142,8 @@ pub struct Assembled {
     pub consumers: Vec<Arc<AmqpInbound>>,
     /// SFTP endpoints; the enabled inbound ones poll while running.
     pub sftp: Arc<crate::sftp::SftpEndpoints>,
+    /// The lead escalation job, when lead rules are configured and escalation is enabled.
+    pub escalation: Option<crate::crm::escalation::EscalationJob>,
 }
 
 impl Application {
@@ -161,6 +164,7 @@ impl Application {
             links: a.links,
             consumers: a.consumers,
             sftp: a.sftp,
+            escalation: a.escalation,
         })
     }
 
@@ -338,15 +342,30 @@ impl Application {
             }
         }
         let sftp = Arc::new(sftp);
-        let dispatcher = Arc::new(Dispatcher::new(
-            store.clone(),
-            pipeline.clone(),
-            outbounds,
-            crm,
-            settings.dispatch.clone(),
-            wake,
-            status.clone(),
-        ));
+        let lead_rules = settings.lead_rules.clone().map(Arc::new);
+        if lead_rules.is_none() {
+            tracing::warn!(
+                "No lead rules in config/rules/: leads are stored but neither scored nor distributed."
+            );
+        }
+        let escalation = lead_rules
+            .clone()
+            .filter(|r| r.distribution.escalation.enabled)
+            .map(|r| {
+                crate::crm::escalation::EscalationJob::new(store.clone(), pipeline.clone(), r)
+            });
+        let dispatcher = Arc::new(
+            Dispatcher::new(
+                store.clone(),
+                pipeline.clone(),
+                outbounds,
+                crm,
+                settings.dispatch.clone(),
+                wake,
+                status.clone(),
+            )
+            .with_lead_rules(lead_rules),
+        );
         let state = AppState {
             store: store.clone(),
             pipeline: pipeline.clone(),
@@ -376,6 +395,7 @@ impl Application {
             links,
             consumers,
             sftp,
+            escalation,
         })
     }
 
@@ -426,6 +446,9 @@ impl Application {
             tokio::spawn(async {})
         };
         tokio::spawn(self.purge.run(stop_rx.clone()));
+        if let Some(job) = self.escalation {
+            tokio::spawn(job.run(stop_rx.clone()));
+        }
         tokio::spawn(
             self.dispatcher
                 .clone()

@@ -35,6 +35,8 @@ pub struct Dispatcher {
     status: Arc<EndpointStates>,
     /// The CRM store endpoints, as a claim filter.
     crm_targets: Targets,
+    /// Lead scoring and distribution rules the CRM sink applies to new leads.
+    lead_rules: Option<Arc<crate::rules::LeadRules>>,
 }
 
 /// When the next attempt should happen: the partner's wish if it gave one, else exponential
@@ -157,7 +159,14 @@ impl Dispatcher {
             cfg,
             wake,
             status,
+            lead_rules: None,
         }
+    }
+
+    /// The lead rules new leads are scored and distributed by.
+    pub fn with_lead_rules(mut self, rules: Option<Arc<crate::rules::LeadRules>>) -> Dispatcher {
+        self.lead_rules = rules;
+        self
     }
 
     /// Runs until `shutdown` turns true; in-flight attempts finish (their leases protect the rest).
@@ -302,6 +311,7 @@ impl Dispatcher {
             let t0 = Instant::now();
             let pipeline = self.pipeline.clone();
             let crm = self.crm.clone();
+            let lead_rules = self.lead_rules.clone();
             // Mapping is CPU work: done here, outside the store's writer.
             let mut items = Vec::with_capacity(batch.len());
             let mut unmapped = Vec::new();
@@ -316,7 +326,9 @@ impl Dispatcher {
                 .write(move |conn| {
                     Box::pin(async move {
                         let approval = move |target: &str| crm.get(target).copied().unwrap_or(true);
-                        let results = crm::apply_batch(conn, &items, &approval).await?;
+                        let results =
+                            crm::apply_batch(conn, &items, &approval, lead_rules.as_deref())
+                                .await?;
                         let elapsed = t0.elapsed().as_millis() as i64;
                         let mut done = Vec::with_capacity(items.len());
                         for (c, result) in items.into_iter().zip(results) {

@@ -9,6 +9,7 @@
 //! - `pipeline`: the `Inbox` adapters hand submissions to: validate, map, route, journal.
 //! - `dispatch`: claims due deliveries, calls outbound adapters, retries, parks.
 //! - `crm`: the CRM store sink (upserts, history, matching, approvals, change events).
+//! - `rules`: lead scoring and distribution rules from `config/rules/` (pure engines).
 //! - `sftp`: SFTP endpoints: adapter configs, the store-backed file ledger, poll scheduling.
 //! - `status`: live endpoint state (up, degraded, down; last contact and error).
 //! - `http`: ops API, CRM read API, health and metrics.
@@ -23,6 +24,7 @@ pub mod dispatch;
 pub mod http;
 pub mod pipeline;
 pub mod routing;
+pub mod rules;
 pub mod settings;
 pub mod sftp;
 pub mod status;

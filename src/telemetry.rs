@@ -36,6 +36,12 @@ pub mod metrics_names {
     pub const SFTP_ROWS: &str = "hub_sftp_rows_total";
     /// SFTP polls that failed as a whole plus per-file problems, by endpoint.
     pub const SFTP_POLL_ERRORS: &str = "hub_sftp_poll_errors_total";
+    /// New leads by distribution outcome dealer | fallback | duplicate.
+    pub const LEADS: &str = "hub_leads_distributed_total";
+    /// Escalations raised, by kind (lead).
+    pub const ESCALATIONS: &str = "hub_escalations_total";
+    /// Gauge: escalations open, by kind (set by each escalation run).
+    pub const ESCALATIONS_OPEN: &str = "hub_escalations_open";
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -8,6 +8,7 @@ mod amqp;
 mod crm;
 mod dispatch;
 mod helpers;
+mod leads;
 mod maintenance;
 mod ops;
 mod rest_ingest;

@@ -383,9 +383,18 @@ async fn leads_duplicate_in_window_is_linked_not_sent_and_after_window_is_new() 
     assert_eq!(s, 404);
 
     // 31 days later the protection window has passed: a new lead is distributed again.
-    sqlx::query("UPDATE crm_records SET created_at = created_at - $1 WHERE entity = 'lead'")
-        .bind(31_i64 * 86_400_000)
-        .execute(hub.store.pool())
+    hub.store
+        .write(|c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE crm_records SET created_at = created_at - $1 WHERE entity = 'lead'",
+                )
+                .bind(31_i64 * 86_400_000)
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            })
+        })
         .await
         .expect("age the leads");
     let third = post_lead(

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 use sqlx::{AnyConnection, Row};
 
 use super::{ChangeEvent, ChangeSource, Columns, CrmFailure, Unit, str_field};
-use crate::rules::distribution::{Ask, DealerLoad, Decision};
+use crate::rules::distribution::{Ask, DealerLoad, Decision, Strategy};
 use crate::rules::scoring::{self, LeadFacts};
 use crate::rules::{LeadRules, Level};
 use crate::store::{StoreError, now_ms};
@@ -32,6 +32,8 @@ pub struct LeadCtx<'r> {
     locked: bool,
     /// Leads created earlier in this batch by mobile: they are not in the table yet.
     created: HashMap<String, String>,
+    /// Today's assignments per dealer, read once per batch and kept current under the lock.
+    loads: Option<(String, HashMap<String, u32>)>,
 }
 
 impl<'r> LeadCtx<'r> {
@@ -41,6 +43,7 @@ impl<'r> LeadCtx<'r> {
             dealers: None,
             locked: false,
             created: HashMap::new(),
+            loads: None,
         }
     }
 
@@ -173,8 +176,23 @@ pub async fn decide(
     ask: &Ask,
     now: i64,
 ) -> Result<Decision, StoreError> {
+    decide_with(conn, rules, dealers, ask, now, &mut None).await
+}
+
+/// [`decide`] with the loads a sink batch already read in `cached` (updated with this decision).
+async fn decide_with(
+    conn: &mut AnyConnection,
+    rules: &LeadRules,
+    dealers: &[DealerLoad],
+    ask: &Ask,
+    now: i64,
+    cached: &mut Option<(String, HashMap<String, u32>)>,
+) -> Result<Decision, StoreError> {
     let day = business_day(now, offset(rules));
-    let load = loads(conn, &day).await?;
+    if cached.as_ref().is_none_or(|(d, _)| *d != day) {
+        *cached = Some((day.clone(), loads(conn, &day).await?));
+    }
+    let load = &mut cached.as_mut().expect("filled above").1;
     let dealers: Vec<DealerLoad> = dealers
         .iter()
         .cloned()
@@ -183,15 +201,19 @@ pub async fn decide(
             d
         })
         .collect();
-    let rr = rr_counters(conn, ask).await?;
+    // Only round robin reads its turn counters.
+    let rr = match rules.distribution.strategy {
+        Strategy::RoundRobin => rr_counters(conn, ask).await?,
+        Strategy::LeastLoaded => BTreeMap::new(),
+    };
     let decision = crate::rules::distribution::decide(&rules.distribution, ask, &dealers, &|k| {
         rr.get(k).copied().unwrap_or(0)
     });
-    if let Decision::Dealer {
-        rr_key: Some(k), ..
-    } = &decision
-    {
-        advance_rr(conn, k).await?;
+    if let Decision::Dealer { code, rr_key, .. } = &decision {
+        *load.entry(code.clone()).or_insert(0) += 1;
+        if let Some(k) = rr_key {
+            advance_rr(conn, k).await?;
+        }
     }
     Ok(decision)
 }
@@ -382,14 +404,10 @@ pub async fn on_created(
         province: text(&customer, "province"),
         exclude: Vec::new(),
     };
-    let decision = decide(
-        conn,
-        rules,
-        ctx.dealers.as_deref().unwrap_or(&[]),
-        &ask,
-        now,
-    )
-    .await?;
+    let dealers = ctx.dealers.take().unwrap_or_default();
+    let decision = decide_with(conn, rules, &dealers, &ask, now, &mut ctx.loads).await;
+    ctx.dealers = Some(dealers);
+    let decision = decision?;
     let mut change = Map::new();
     change.insert("score".into(), json!(scored.score));
     change.insert("level".into(), json!(scored.level.as_str()));

@@ -242,6 +242,41 @@ mod tests {
     }
 
     #[test]
+    fn a_case_the_rules_do_not_meet_is_a_problem_naming_it() {
+        let (rules, _) = load(&shipped());
+        let rules = rules.expect("shipped rules");
+        let dir = tempfile::tempdir().unwrap();
+        let tests = dir.path().join("rules").join("tests");
+        std::fs::create_dir_all(&tests).unwrap();
+        std::fs::write(
+            tests.join("lead_scoring.json"),
+            r#"[{"name": "wrong", "lead": {"source": "website"}, "expect": {"score": 99, "level": "H"}}]"#,
+        )
+        .unwrap();
+        std::fs::write(
+            tests.join("lead_distribution.json"),
+            r#"[{"name": "wrong too", "ask": {"level": "A", "city": "深圳"},
+                 "dealers": [{"code": "D0002", "city": "深圳"}],
+                 "expect": {"assigned_to": "D0001", "reason": "x"}}]"#,
+        )
+        .unwrap();
+        let problems = run_cases(dir.path(), &rules);
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert_eq!(problems[0].key_path, "[0] wrong");
+        assert!(
+            problems[0].message.contains("expected score 99 grade H"),
+            "{}",
+            problems[0]
+        );
+        assert_eq!(problems[1].key_path, "[0] wrong too");
+        assert!(
+            problems[1].message.contains("the rules give D0002"),
+            "{}",
+            problems[1]
+        );
+    }
+
+    #[test]
     fn problems_name_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let rules = dir.path().join("rules");

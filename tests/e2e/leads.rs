@@ -1076,3 +1076,61 @@ async fn leads_an_undeliverable_dealer_is_visible_per_dealer() {
     );
     hub.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leads_capacity_holds_under_concurrent_batches_postgres() {
+    let hub = TestHub::spawn_with(
+        Backend::Postgres,
+        with_distribution(&[("daily_capacity = 50", "daily_capacity = 3")]),
+        &[],
+    )
+    .await;
+    // Five partners post four leads each at the same moment: the sink applies them in batches
+    // on several connections, and every decision must see the others' counts.
+    let posts = (0..5).map(|p| {
+        let batch: Vec<Value> = (0..4)
+            .map(|i| {
+                lead(
+                    &format!("W-CC-{p}-{i}"),
+                    &format!("133000{p}{i:04}"),
+                    "深圳",
+                    "广东",
+                )
+            })
+            .collect();
+        let hub = &hub;
+        async move {
+            let (s, r) = hub
+                .post_records("/api/v1/leads", "demo-website", &json!(batch))
+                .await;
+            assert_eq!(s, 202, "{r}");
+        }
+    });
+    futures_util::future::join_all(posts).await;
+    hub.settle(30).await;
+    let per_dealer = |code: &str| {
+        format!("SELECT COUNT(*) FROM crm_records WHERE entity = 'lead' AND dealer_code = '{code}'")
+    };
+    assert_eq!(
+        count(&hub, &per_dealer("D0002")).await,
+        3,
+        "D0002 is full, not over"
+    );
+    assert_eq!(
+        count(&hub, &per_dealer("D0001")).await,
+        3,
+        "D0001 takes the spill"
+    );
+    assert_eq!(
+        count(&hub, "SELECT COUNT(*) FROM lead_assignments").await,
+        6,
+        "capacity of both Guangdong dealers, no more"
+    );
+    let fallback: i64 = count(
+        &hub,
+        "SELECT COUNT(*) FROM crm_records WHERE entity = 'lead' AND dealer_code IS NULL",
+    )
+    .await;
+    assert_eq!(fallback, 14, "the rest went to the call centre");
+    hub.stop().await;
+}

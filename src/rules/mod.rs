@@ -276,6 +276,57 @@ mod tests {
         );
     }
 
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_tree(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn synchub_check_reports_bad_rules_and_failing_cases() {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["config", "routes", "mappings"] {
+            copy_tree(&repo.join(sub), &dir.path().join(sub));
+        }
+        let config = dir.path().join("config");
+        let check = || crate::check::run_check(&config, &[], crate::settings::Profile::Local);
+        assert!(check().is_empty(), "{:#?}", check());
+
+        let cases = config.join("rules/tests/lead_distribution.json");
+        let text = std::fs::read_to_string(&cases)
+            .unwrap()
+            .replace("(least_loaded, 3/50 today)", "(least_loaded, 4/50 today)");
+        std::fs::write(&cases, text).unwrap();
+        let problems = check();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0]
+                .file
+                .ends_with("rules/tests/lead_distribution.json")
+        );
+        assert_eq!(problems[0].key_path, "[0] city match, least loaded");
+
+        let scoring = config.join("rules").join(SCORING_FILE);
+        let text = std::fs::read_to_string(&scoring)
+            .unwrap()
+            .replace("H = 80", "H = 10");
+        std::fs::write(&scoring, text).unwrap();
+        let problems = check();
+        let grades = problems
+            .iter()
+            .find(|p| p.key_path == "grades")
+            .unwrap_or_else(|| panic!("{problems:#?}"));
+        assert!(grades.file.ends_with("rules/lead_scoring.toml"));
+        assert!(grades.message.contains("H > A > B"), "{grades}");
+    }
+
     #[test]
     fn problems_name_file_and_key() {
         let dir = tempfile::tempdir().unwrap();

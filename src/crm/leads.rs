@@ -329,14 +329,14 @@ pub async fn on_created(
     if let Some(m) = &mobile
         && let Some((orig, orig_lead)) = open_lead(conn, unit, ctx, m, lead_id, now).await?
     {
-        let window = rules.distribution.duplicate_window.0.as_secs() / 86_400;
+        let window = rules.distribution.duplicate_window;
         let with = orig_lead
             .get("assigned_to")
             .and_then(Value::as_str)
             .map(|d| format!(", with {d}"))
             .unwrap_or_default();
         let reason = format!(
-            "duplicate of {orig} (same mobile, open lead{with}, within the {window}-day protection window); not distributed again"
+            "duplicate of {orig} (same mobile, open lead{with}, within the {window} protection window); not distributed again"
         );
         let mut change = Map::new();
         change.insert("status".into(), json!("duplicate"));
@@ -503,27 +503,35 @@ async fn open_lead(
     Ok(None)
 }
 
-/// Who may report on a lead: its dealer, or nobody but the fallback when it went there.
-/// `None`: not distributed (no rules), anyone with the lead id may.
-pub fn assignee(lead: &Map<String, Value>) -> Option<String> {
-    str_field(lead, "dealer_code").or_else(|| str_field(lead, "assigned_to"))
-}
-
-/// Why a result from `dealer` is refused, naming a reassignment when that is the cause.
-pub fn refusal(lead_id: &str, lead: &Map<String, Value>, assigned: &str, dealer: &str) -> String {
-    let was_ours = lead
-        .get("reassigned_from")
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|d| d.as_str() == Some(dealer)));
-    if lead.get("dealer_code").and_then(Value::as_str).is_none() {
-        format!("lead {lead_id} went to {assigned}, not to a dealer; {dealer} may not report on it")
-    } else if was_ours {
-        format!(
-            "lead {lead_id} was reassigned from dealer {dealer} to {assigned} after no result by its respond_by; results from {dealer} are no longer accepted"
-        )
-    } else {
-        format!("lead {lead_id} is assigned to dealer {assigned}, not {dealer}")
+/// Why a result from `dealer` on this lead is refused, if it is: only the lead's dealer may
+/// report (a lead that went to the call centre takes no DMS results; a duplicate's results
+/// belong on the original). A lead never distributed (no rules) takes results from anyone.
+pub fn refuse_result(lead_id: &str, lead: &Map<String, Value>, dealer: &str) -> Option<String> {
+    if let Some(orig) = lead.get("duplicate_of").and_then(Value::as_str) {
+        return Some(format!(
+            "lead {lead_id} is a duplicate of {orig}; report results on {orig}"
+        ));
     }
+    let assigned = str_field(lead, "dealer_code");
+    if let Some(assigned) = &assigned {
+        if assigned == dealer {
+            return None;
+        }
+        let was_ours = lead
+            .get("reassigned_from")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|d| d.as_str() == Some(dealer)));
+        return Some(if was_ours {
+            format!(
+                "lead {lead_id} was reassigned from dealer {dealer} to {assigned} after no result by its respond_by; results from {dealer} are no longer accepted"
+            )
+        } else {
+            format!("lead {lead_id} is assigned to dealer {assigned}, not {dealer}")
+        });
+    }
+    str_field(lead, "assigned_to").map(|to| {
+        format!("lead {lead_id} went to {to}, not to a dealer; {dealer} may not report on it")
+    })
 }
 
 /// A result from the assigned dealer: its assignment is answered and open escalations of the

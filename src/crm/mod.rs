@@ -417,15 +417,12 @@ async fn apply_one(
                 return Err(CrmFailure::Reject(format!("unknown lead {lead_id}")));
             };
             let result_dealer = str_field(&rec, "dealer_code");
-            if let Some(assigned) = leads::assignee(&lead)
-                && Some(assigned.as_str()) != result_dealer.as_deref()
-            {
-                return Err(CrmFailure::Reject(leads::refusal(
-                    &lead_id,
-                    &lead,
-                    &assigned,
-                    result_dealer.as_deref().unwrap_or_default(),
-                )));
+            if let Some(why) = leads::refuse_result(
+                &lead_id,
+                &lead,
+                result_dealer.as_deref().unwrap_or_default(),
+            ) {
+                return Err(CrmFailure::Reject(why));
             }
             let cols = Columns {
                 dealer_code: result_dealer.clone(),

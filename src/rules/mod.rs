@@ -89,6 +89,19 @@ impl Span {
     }
 }
 
+impl fmt::Display for Span {
+    /// In the largest unit that divides it: `30d`, `8h`, `90m`, `45s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_secs();
+        for (unit, secs) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+            if s >= secs && s % secs == 0 {
+                return write!(f, "{}{unit}", s / secs);
+            }
+        }
+        write!(f, "{s}s")
+    }
+}
+
 /// Both rule files, validated.
 #[derive(Debug, Clone)]
 pub struct LeadRules {
@@ -223,6 +236,18 @@ mod tests {
                 .contains("no unit")
         );
         assert!(Span::try_from("soon".to_string()).is_err());
+        assert_eq!(
+            Span::try_from("30d".to_string()).unwrap().to_string(),
+            "30d"
+        );
+        assert_eq!(
+            Span::try_from("90m".to_string()).unwrap().to_string(),
+            "90m"
+        );
+        assert_eq!(
+            Span::try_from("3600s".to_string()).unwrap().to_string(),
+            "1h"
+        );
     }
 
     #[test]

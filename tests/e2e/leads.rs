@@ -378,6 +378,30 @@ async fn leads_duplicate_in_window_is_linked_not_sent_and_after_window_is_new() 
             .any(|h| h["field"] == "duplicates"),
         "the link is on the original's timeline: {orig}"
     );
+    // Results belong on the original: one on the duplicate is refused, naming it.
+    let mut on_dup = sample("rest/lead-result.request.json");
+    on_dup["lead_id"] = json!(second);
+    on_dup["source_ref"] = json!("R-DUP-2");
+    let (s, _) = hub
+        .post_records("/api/v1/dms/lead-results", "demo-dms-D0002", &on_dup)
+        .await;
+    assert_eq!(s, 202);
+    hub.settle(20).await;
+    let (_, found) = hub.get("/api/v1/messages?key=R-DUP-2", ADMIN).await;
+    let (_, detail) = hub
+        .get(
+            &format!(
+                "/api/v1/messages/{}",
+                found["messages"][0]["id"].as_str().unwrap()
+            ),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(detail["deliveries"][0]["status"], "rejected", "{detail}");
+    assert_eq!(
+        detail["deliveries"][0]["last_reason"],
+        format!("lead {second} is a duplicate of {first}; report results on {first}")
+    );
     // The duplicate is visible to the original's dealer, not to others.
     let (s, _) = hub.get(&format!("/api/v1/leads/{second}"), IT_D0001).await;
     assert_eq!(s, 404);

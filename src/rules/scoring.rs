@@ -219,10 +219,7 @@ pub fn score(rules: &ScoringRules, lead: &LeadFacts) -> Scored {
         .iter()
         .find(|b| lead.age_secs <= b.within.0.as_secs())
     {
-        add(
-            format!("recency ≤{}s", band.within.0.as_secs()),
-            band.points,
-        );
+        add(format!("recency ≤{}", band.within), band.points);
     }
     let score = total.clamp(0, 100);
     let g = &rules.grades;

@@ -161,6 +161,32 @@ async fn decided(hub: &TestHub, id: &str) -> Value {
     }
 }
 
+/// Waits until the CRM store has applied everything sent to it (not the DMS side: tests of
+/// distribution alone do not depend on the broker's pace).
+async fn crm_settled(hub: &TestHub, leads: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let open = count(
+            hub,
+            "SELECT COUNT(*) FROM deliveries WHERE target = 'crm_store' AND status IN ('pending','in_flight')",
+        )
+        .await;
+        let stored = count(
+            hub,
+            "SELECT COUNT(*) FROM crm_records WHERE entity = 'lead'",
+        )
+        .await;
+        if open == 0 && stored >= leads {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CRM store still busy: {open} open, {stored} of {leads} leads"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn count(hub: &TestHub, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
         .fetch_one(hub.store.pool())
@@ -765,8 +791,8 @@ async fn metric(hub: &TestHub, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Waits for an escalation of `lead` matching `status`, as the ops API shows it.
-async fn escalation(hub: &TestHub, lead: &str, status: &str) -> Value {
+/// Waits for the escalation of `lead` at `dealer` with `status`, as the ops API shows it.
+async fn escalation(hub: &TestHub, lead: &str, dealer: &str, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (s, list) = hub
@@ -777,7 +803,7 @@ async fn escalation(hub: &TestHub, lead: &str, status: &str) -> Value {
             .as_array()
             .unwrap()
             .iter()
-            .find(|e| e["entity_id"] == lead)
+            .find(|e| e["entity_id"] == lead && e["dealer_code"] == dealer)
         {
             return e.clone();
         }
@@ -810,7 +836,7 @@ async fn leads_unanswered_lead_escalates_and_a_late_result_resolves_it() {
     )
     .await;
     assert_eq!(decided(&hub, &id).await["dealer_code"], "D0002");
-    let e = escalation(&hub, &id, "open").await;
+    let e = escalation(&hub, &id, "D0002", "open").await;
     assert_eq!(e["kind"], "lead");
     assert_eq!(e["dealer_code"], "D0002");
     assert!(
@@ -861,7 +887,7 @@ async fn leads_unanswered_lead_escalates_and_a_late_result_resolves_it() {
         result_delivery(&hub, "R-ESC-1").await["status"],
         "delivered"
     );
-    let e = escalation(&hub, &id, "resolved").await;
+    let e = escalation(&hub, &id, "D0002", "resolved").await;
     assert_eq!(e["resolution"], "result contacted from D0002", "{e}");
     assert!(e["resolved_at"].is_string());
     hub.stop().await;
@@ -902,7 +928,7 @@ async fn leads_escalation_reassigns_to_the_next_dealer_and_refuses_the_first_pos
     assert_eq!(body["dealer_code"], "D0001");
     assert_eq!(body["level"], "A");
     assert_eq!(ms_between(&body["assigned_at"], &body["respond_by"]), 2000);
-    let e = escalation(&hub, &id, "all").await;
+    let e = escalation(&hub, &id, "D0002", "all").await;
     assert_eq!(e["dealer_code"], "D0002");
     assert!(
         e["action"]
@@ -955,7 +981,7 @@ async fn leads_escalation_reassigns_to_the_next_dealer_and_refuses_the_first_pos
         .await;
     assert_eq!(s, 202);
     assert_eq!(result_delivery(&hub, "R-RE-2").await["status"], "delivered");
-    let e = escalation(&hub, &id, "resolved").await;
+    let e = escalation(&hub, &id, "D0002", "resolved").await;
     assert_eq!(e["dealer_code"], "D0002");
     let (_, open) = hub.get("/api/v1/escalations?status=open", ADMIN).await;
     assert_eq!(open["count"], 0, "{open}");
@@ -975,7 +1001,6 @@ async fn leads_two_instances_escalating_at_once_raise_each_escalation_once_postg
         ),
     ]);
     let hub = TestHub::spawn_with(Backend::Postgres, config, &[]).await;
-    wait_amqp_up(&hub).await;
     let mut ids = Vec::new();
     for (i, city) in ["深圳", "广州", "深圳"].iter().enumerate() {
         let id = post_lead(
@@ -992,7 +1017,7 @@ async fn leads_two_instances_escalating_at_once_raise_each_escalation_once_postg
         decided(&hub, &id).await;
         ids.push(id);
     }
-    hub.settle(60).await;
+    crm_settled(&hub, 3).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
     // Two more hub instances on the same database, each with its own escalation job.
@@ -1130,7 +1155,7 @@ async fn leads_capacity_holds_under_concurrent_batches_postgres() {
         }
     });
     futures_util::future::join_all(posts).await;
-    hub.settle(60).await;
+    crm_settled(&hub, 20).await;
     let per_dealer = |code: &str| {
         format!("SELECT COUNT(*) FROM crm_records WHERE entity = 'lead' AND dealer_code = '{code}'")
     };

@@ -94,7 +94,7 @@ impl fmt::Display for Span {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.0.as_secs();
         for (unit, secs) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-            if s >= secs && s % secs == 0 {
+            if s >= secs && s.is_multiple_of(secs) {
                 return write!(f, "{}{unit}", s / secs);
             }
         }

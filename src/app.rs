@@ -40,6 +40,7 @@ pub struct Application {
     sftp: Arc<crate::sftp::SftpEndpoints>,
     metrics_refresh: std::time::Duration,
     pushes: Vec<Arc<crate::extract::push::PushJob>>,
+    escalation: Option<crate::crm::escalation::EscalationJob>,
 }
 
 /// Drops raw payloads of finished messages after the retention period, on a cron schedule.
@@ -147,6 +148,8 @@ pub struct Assembled {
     pub metrics_refresh: std::time::Duration,
     /// Scheduled extract pushes (IF-09b) to run while running.
     pub pushes: Vec<Arc<crate::extract::push::PushJob>>,
+    /// The lead escalation job, when lead rules are configured and escalation is enabled.
+    pub escalation: Option<crate::crm::escalation::EscalationJob>,
 }
 
 impl Application {
@@ -169,6 +172,7 @@ impl Application {
             sftp: a.sftp,
             metrics_refresh: a.metrics_refresh,
             pushes: a.pushes,
+            escalation: a.escalation,
         })
     }
 
@@ -362,15 +366,30 @@ impl Application {
             }
         }
         let sftp = Arc::new(sftp);
-        let dispatcher = Arc::new(Dispatcher::new(
-            store.clone(),
-            pipeline.clone(),
-            outbounds,
-            crm,
-            settings.dispatch.clone(),
-            wake,
-            status.clone(),
-        ));
+        let lead_rules = settings.lead_rules.clone().map(Arc::new);
+        if lead_rules.is_none() {
+            tracing::warn!(
+                "No lead rules in config/rules/: leads are stored but neither scored nor distributed."
+            );
+        }
+        let escalation = lead_rules
+            .clone()
+            .filter(|r| r.distribution.escalation.enabled)
+            .map(|r| {
+                crate::crm::escalation::EscalationJob::new(store.clone(), pipeline.clone(), r)
+            });
+        let dispatcher = Arc::new(
+            Dispatcher::new(
+                store.clone(),
+                pipeline.clone(),
+                outbounds,
+                crm,
+                settings.dispatch.clone(),
+                wake,
+                status.clone(),
+            )
+            .with_lead_rules(lead_rules),
+        );
         let state = AppState {
             store: store.clone(),
             pipeline: pipeline.clone(),
@@ -404,6 +423,7 @@ impl Application {
                 settings.http.metrics_refresh_secs.max(1),
             ),
             pushes,
+            escalation,
         })
     }
 
@@ -469,6 +489,9 @@ impl Application {
             crate::telemetry::prometheus(),
             stop_rx.clone(),
         ));
+        if let Some(job) = self.escalation {
+            tokio::spawn(job.run(stop_rx.clone()));
+        }
         tokio::spawn(
             self.dispatcher
                 .clone()

@@ -52,6 +52,10 @@ pub fn run_check(
         }
     }
 
+    if let Some(rules) = &settings.lead_rules {
+        problems.extend(crate::rules::run_cases(config_dir, rules));
+    }
+
     problems.sort_by(|a, b| a.file.cmp(&b.file));
     problems
 }

@@ -37,6 +37,8 @@ pub struct Dispatcher {
     crm_targets: Targets,
     /// The other targets, claimed one by one (see `journal::claim`).
     partner_targets: Targets,
+    /// Lead scoring and distribution rules the CRM sink applies to new leads.
+    lead_rules: Option<Arc<crate::rules::LeadRules>>,
 }
 
 /// When the next attempt should happen: the partner's wish if it gave one, else exponential
@@ -173,7 +175,14 @@ impl Dispatcher {
             cfg,
             wake,
             status,
+            lead_rules: None,
         }
+    }
+
+    /// The lead rules new leads are scored and distributed by.
+    pub fn with_lead_rules(mut self, rules: Option<Arc<crate::rules::LeadRules>>) -> Dispatcher {
+        self.lead_rules = rules;
+        self
     }
 
     /// Runs until `shutdown` turns true; in-flight attempts finish (their leases protect the rest).
@@ -321,6 +330,7 @@ impl Dispatcher {
             let t0 = Instant::now();
             let pipeline = self.pipeline.clone();
             let crm = self.crm.clone();
+            let lead_rules = self.lead_rules.clone();
             // Mapping is CPU work: done here, outside the store's writer.
             let mut items = Vec::with_capacity(batch.len());
             let mut unmapped = Vec::new();
@@ -335,7 +345,9 @@ impl Dispatcher {
                 .write(move |conn| {
                     Box::pin(async move {
                         let approval = move |target: &str| crm.get(target).copied().unwrap_or(true);
-                        let results = crm::apply_batch(conn, &items, &approval).await?;
+                        let results =
+                            crm::apply_batch(conn, &items, &approval, lead_rules.as_deref())
+                                .await?;
                         let elapsed = t0.elapsed().as_millis() as i64;
                         let mut done = Vec::with_capacity(items.len());
                         for (c, result) in items.into_iter().zip(results) {

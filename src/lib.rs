@@ -11,6 +11,7 @@
 //! - `disabled`: the stand-in adapter of an outbound endpoint with `enabled = false`.
 //! - `dispatch`: claims due deliveries, calls outbound adapters, retries, parks.
 //! - `crm`: the CRM store sink (upserts, history, matching, approvals, change events).
+//! - `rules`: lead scoring and distribution rules from `config/rules/` (pure engines).
 //! - `sftp`: SFTP endpoints: adapter configs, the store-backed file ledger, poll scheduling.
 //! - `import`: `synchub import`, legacy CSV migration with cleansing rules and a report.
 //! - `monitor`: flow gauges (backlog, age, parked, freshness) for Prometheus.
@@ -32,6 +33,7 @@ pub mod import;
 pub mod monitor;
 pub mod pipeline;
 pub mod routing;
+pub mod rules;
 pub mod settings;
 pub mod sftp;
 pub mod status;

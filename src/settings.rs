@@ -213,6 +213,8 @@ pub struct Settings {
     pub secrets: Secrets,
     /// Which file (or environment variable) each setting came from, for problem reports.
     pub origins: Origins,
+    /// Lead scoring and distribution rules (`config/rules/lead_*.toml`); `None` when absent.
+    pub lead_rules: Option<crate::rules::LeadRules>,
 }
 
 impl Default for Settings {
@@ -232,6 +234,7 @@ impl Default for Settings {
             routes: BTreeMap::new(),
             secrets: Secrets::default(),
             origins: Origins::new(PathBuf::from("config/synchub.toml")),
+            lead_rules: None,
         }
     }
 }
@@ -1282,6 +1285,10 @@ impl Settings {
                 format!("routes folder {} not found", routes_dir.display()),
             ));
         }
+
+        let (lead_rules, rule_problems) = crate::rules::load(config_dir);
+        settings.lead_rules = lead_rules;
+        problems.extend(rule_problems);
 
         settings.origins = origins;
         (settings, problems)

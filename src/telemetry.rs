@@ -49,6 +49,12 @@ pub mod metrics_names {
     /// Gauge per route: seconds since the route's last successful delivery; absent until the
     /// first success, so an alert on it never fires for a route that has never run.
     pub const FRESHNESS: &str = "hub_flow_freshness_seconds";
+    /// New leads by distribution outcome dealer | fallback | duplicate.
+    pub const LEADS: &str = "hub_leads_distributed_total";
+    /// Escalations raised, by kind (lead).
+    pub const ESCALATIONS: &str = "hub_escalations_total";
+    /// Gauge: escalations open, by kind (set by each escalation run).
+    pub const ESCALATIONS_OPEN: &str = "hub_escalations_open";
 }
 
 /// Bucket bounds (seconds) of the attempt-duration histogram: from a CRM batch (sub-ms) to a

@@ -4,6 +4,8 @@
 //! record is applied exactly once together with its delivery status.
 
 pub mod campaigns;
+pub mod escalation;
+pub mod leads;
 pub mod reads;
 pub mod unit;
 
@@ -173,12 +175,15 @@ fn parse(d: &Claimed) -> Result<Parsed, CrmFailure> {
 /// batch needs is read in a few bulk queries, changes accumulate in a [`Unit`], and are written
 /// in a few multi-row statements. Per delivery: `Ok(Applied)`, or a `Reject`/`Retry` failure;
 /// a store error fails the whole batch (the caller then applies its deliveries one by one).
-/// `key_field_approval` gives the setting of each delivery's target endpoint.
+/// `key_field_approval` gives the setting of each delivery's target endpoint; `lead_rules`, when
+/// configured, score and distribute each new lead.
 pub async fn apply_batch(
     conn: &mut AnyConnection,
     batch: &[Claimed],
     key_field_approval: &(dyn Fn(&str) -> bool + Send + Sync),
+    lead_rules: Option<&crate::rules::LeadRules>,
 ) -> Result<Vec<Result<Applied, CrmFailure>>, StoreError> {
+    let mut lead_ctx = lead_rules.map(leads::LeadCtx::new);
     let parsed: Vec<Result<Parsed, CrmFailure>> = batch.iter().map(parse).collect();
     let messages = message_facts(conn, batch).await?;
     let mut unit = Unit::default();
@@ -188,7 +193,7 @@ pub async fn apply_batch(
         let Ok(p) = p else { continue };
         let id = messages
             .get(&d.message_id)
-            .and_then(|m| m.0.clone())
+            .and_then(|m| m.entity_id.clone())
             .unwrap_or_default();
         let entity = entity_of(&p.record_type);
         keys.push((entity.to_string(), id));
@@ -227,16 +232,15 @@ pub async fn apply_batch(
     for (d, p) in batch.iter().zip(parsed) {
         let result = match p {
             Ok(p) => {
-                let (entity_id, partner) =
-                    messages.get(&d.message_id).cloned().unwrap_or((None, None));
+                let facts = messages.get(&d.message_id).cloned().unwrap_or_default();
                 match apply_one(
                     conn,
                     &mut unit,
                     d,
                     p,
-                    entity_id,
-                    partner,
+                    facts,
                     key_field_approval(&d.target),
+                    lead_ctx.as_mut(),
                 )
                 .await
                 {
@@ -260,16 +264,24 @@ fn entity_of(record_type: &str) -> &str {
     }
 }
 
-/// The hub id and partner of each delivery's message, in one query.
+/// What the sink needs from a delivery's message.
+#[derive(Debug, Clone, Default)]
+struct MessageFacts {
+    entity_id: Option<String>,
+    partner: Option<String>,
+    received_at: Option<i64>,
+}
+
+/// The hub id, partner and receive time of each delivery's message, in one query.
 async fn message_facts(
     conn: &mut AnyConnection,
     batch: &[Claimed],
-) -> Result<HashMap<Uuid, (Option<String>, Option<String>)>, StoreError> {
+) -> Result<HashMap<Uuid, MessageFacts>, StoreError> {
     let mut out = HashMap::new();
     for chunk in batch.chunks(500) {
         let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
-            "SELECT id, entity_id, partner FROM messages WHERE id IN ({})",
+            "SELECT id, entity_id, partner, received_at FROM messages WHERE id IN ({})",
             list.join(",")
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -279,7 +291,11 @@ async fn message_facts(
         for row in q.fetch_all(&mut *conn).await? {
             out.insert(
                 parse_uuid(&row.try_get::<String, _>(0)?)?,
-                (row.try_get(1)?, row.try_get(2)?),
+                MessageFacts {
+                    entity_id: row.try_get(1)?,
+                    partner: row.try_get(2)?,
+                    received_at: row.try_get(3)?,
+                },
             );
         }
     }
@@ -291,10 +307,15 @@ async fn apply_one(
     unit: &mut Unit,
     d: &Claimed,
     p: Parsed,
-    entity_id: Option<String>,
-    partner: Option<String>,
+    facts: MessageFacts,
     key_field_approval: bool,
+    lead_ctx: Option<&mut leads::LeadCtx<'_>>,
 ) -> Result<Applied, CrmFailure> {
+    let MessageFacts {
+        entity_id,
+        partner,
+        received_at,
+    } = facts;
     let Parsed {
         record_type,
         mut rec,
@@ -380,6 +401,18 @@ async fn apply_one(
                 ..Default::default()
             };
             let up = unit.upsert(conn, "lead", &id, &rec, &cols, &src).await?;
+            // Scored and distributed once, when created: a replay updates the lead's fields
+            // but never assigns it again.
+            if up.created
+                && let Some(ctx) = lead_ctx
+            {
+                let (summary, event) =
+                    leads::on_created(conn, unit, ctx, &id, &rec, received_at, &src).await?;
+                return Ok(Applied {
+                    summary,
+                    events: event.into_iter().collect(),
+                });
+            }
             Ok(Applied {
                 summary: format!(
                     "lead {id} {}",
@@ -395,13 +428,12 @@ async fn apply_one(
                 return Err(CrmFailure::Reject(format!("unknown lead {lead_id}")));
             };
             let result_dealer = str_field(&rec, "dealer_code");
-            if let Some(assigned) = lead.get("dealer_code").and_then(Value::as_str)
-                && Some(assigned) != result_dealer.as_deref()
-            {
-                return Err(CrmFailure::Reject(format!(
-                    "lead {lead_id} is assigned to dealer {assigned}, not {}",
-                    result_dealer.unwrap_or_default()
-                )));
+            if let Some(why) = leads::refuse_result(
+                &lead_id,
+                &lead,
+                result_dealer.as_deref().unwrap_or_default(),
+            ) {
+                return Err(CrmFailure::Reject(why));
             }
             let cols = Columns {
                 dealer_code: result_dealer.clone(),
@@ -416,8 +448,20 @@ async fn apply_one(
             }
             unit.upsert(conn, "lead", &lead_id, &change, &Columns::default(), &src)
                 .await?;
+            let resolved = leads::on_result(
+                conn,
+                &lead_id,
+                result_dealer.as_deref().unwrap_or_default(),
+                str_field(&rec, "status").as_deref().unwrap_or_default(),
+            )
+            .await?;
+            let resolved = if resolved > 0 {
+                ", escalation resolved".to_string()
+            } else {
+                String::new()
+            };
             Ok(Applied {
-                summary: format!("result {id} recorded on lead {lead_id}"),
+                summary: format!("result {id} recorded on lead {lead_id}{resolved}"),
                 events: vec![],
             })
         }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod campaigns;
 pub mod error;
+pub mod escalations;
 
 use std::sync::Arc;
 
@@ -74,6 +75,7 @@ pub fn router(state: AppState, partner_routes: Router) -> Router {
         )
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics))
+        .merge(escalations::routes())
         .with_state(state);
     api.merge(partner_routes)
 }

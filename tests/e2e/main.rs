@@ -10,6 +10,7 @@ mod crm;
 mod dispatch;
 mod extracts;
 mod helpers;
+mod leads;
 mod maintenance;
 mod ops;
 mod rest_ingest;

@@ -370,6 +370,9 @@ async fn an_import_killed_mid_file_resumes_without_duplicates() {
     let site = Site::new();
     let rows = 20_000;
     let file = big_file(site.dir.path(), rows);
+    // Migrated first: the test reads the store while the import runs.
+    let migrated = site.command(&["migrate"]).output().unwrap();
+    assert!(migrated.status.success(), "{}", text(&migrated));
     let mut child = site
         .command(&[
             "import",

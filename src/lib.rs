@@ -12,6 +12,8 @@
 //! - `sftp`: SFTP endpoints: adapter configs, the store-backed file ledger, poll scheduling.
 //! - `status`: live endpoint state (up, degraded, down; last contact and error).
 //! - `http`: ops API, CRM read API, health and metrics.
+//! - `ops`: operator actions (replay, retry, park, bulk, approvals) with their audit log.
+//! - `ui`: the server-rendered dashboard at `/ui/`.
 //! - `app`: builds and runs the whole hub (shared by `main` and the tests).
 //! - `cli`: the command line.
 
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod crm;
 pub mod dispatch;
 pub mod http;
+pub mod ops;
 pub mod pipeline;
 pub mod routing;
 pub mod settings;
@@ -28,3 +31,4 @@ pub mod sftp;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod ui;

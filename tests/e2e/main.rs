@@ -14,3 +14,4 @@ mod rest_ingest;
 mod sftp;
 mod soap;
 mod store_conformance;
+mod ui;

@@ -383,20 +383,30 @@ impl Pipeline {
         mapping_version: Option<u32>,
     ) -> Result<Vec<Uuid>, StoreError> {
         let prepared = self.prepare_replay(message_id, mapping_version).await?;
-        self.store
+        let replayed = self
+            .store
             .write(move |c| {
                 Box::pin(async move {
                     let mut ids = Vec::new();
                     for (id, _entity, deliveries) in prepared {
                         for d in &deliveries {
                             journal::insert_delivery(c, id, d).await?;
+                            crate::store::deliveries::supersede_by_latest(
+                                c,
+                                &id.to_string(),
+                                &d.route,
+                                &d.target,
+                            )
+                            .await?;
                         }
                         ids.push(id);
                     }
                     Ok(ids)
                 })
             })
-            .await
+            .await?;
+        self.wake.notify_one();
+        Ok(replayed)
     }
 
     /// The deliveries a replay would queue, per replayed record, without journaling anything:

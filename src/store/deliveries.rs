@@ -300,3 +300,54 @@ pub async fn descendants(
     }
     Ok(out)
 }
+
+/// [`supersede`] with the newest delivery of `(message, route, target)`, right after a replay
+/// inserted it in the same transaction.
+pub async fn supersede_by_latest(
+    conn: &mut AnyConnection,
+    message_id: &str,
+    route: &str,
+    target: &str,
+) -> Result<u64, StoreError> {
+    let newest: Option<i64> = sqlx::query(
+        "SELECT MAX(id) FROM deliveries WHERE message_id = $1 AND route = $2 AND target = $3",
+    )
+    .bind(message_id)
+    .bind(route)
+    .bind(target)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get(0)?;
+    match newest {
+        Some(id) => supersede(conn, message_id, route, target, id).await,
+        None => Ok(0),
+    }
+}
+
+/// After a replay queued `new_id` for `(message, route, target)`, the older deliveries of that
+/// triple that have not gone out (parked, rejected, waiting) are closed as `superseded`: the
+/// parked one no longer holds its lane or shows red, and a waiting one is not sent twice.
+pub async fn supersede(
+    conn: &mut AnyConnection,
+    message_id: &str,
+    route: &str,
+    target: &str,
+    new_id: i64,
+) -> Result<u64, StoreError> {
+    let now = super::now_ms();
+    let n = sqlx::query(
+        "UPDATE deliveries SET status = 'superseded', updated_at = $1, last_reason = $2 \
+         WHERE message_id = $3 AND route = $4 AND target = $5 AND id < $6 \
+         AND status IN ('parked','rejected','pending')",
+    )
+    .bind(now)
+    .bind(format!("superseded by replay (delivery {new_id})"))
+    .bind(message_id)
+    .bind(route)
+    .bind(target)
+    .bind(new_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n)
+}

@@ -582,6 +582,19 @@ async fn replay_with_preview_after_a_mapping_fix() {
         after.body
     );
     assert!(after.body.contains("lead_to_partner v2"));
+    let statuses: Vec<String> = sqlx::query_scalar(
+        "SELECT status FROM deliveries WHERE message_id = $1 AND target = 'partner_out' ORDER BY id",
+    )
+    .bind(&id)
+    .fetch_all(hub.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        statuses,
+        ["superseded", "delivered"],
+        "the replay closes the rejected delivery it replaces"
+    );
+    assert!(after.body.contains("superseded by replay"), "{}", after.body);
     let entries = audit(&hub, "replay").await;
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["user"], "admin");

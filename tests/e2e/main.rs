@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod amqp;
+mod cdp;
 mod crm;
 mod dispatch;
 mod helpers;
@@ -15,3 +16,4 @@ mod sftp;
 mod soap;
 mod store_conformance;
 mod ui;
+mod ui_browser;

@@ -594,7 +594,11 @@ async fn replay_with_preview_after_a_mapping_fix() {
         ["superseded", "delivered"],
         "the replay closes the rejected delivery it replaces"
     );
-    assert!(after.body.contains("superseded by replay"), "{}", after.body);
+    assert!(
+        after.body.contains("superseded by replay"),
+        "{}",
+        after.body
+    );
     let entries = audit(&hub, "replay").await;
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["user"], "admin");

@@ -182,3 +182,26 @@ impl From<crate::store::StoreError> for UiError {
         UiError(ApiError::from(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ui_settings_default_and_refuse_unknown_keys() {
+        let s: UiSettings = toml::from_str("freshness_warn_secs = 60").unwrap();
+        assert_eq!(s.freshness_warn_secs, 60);
+        assert_eq!(s.session_ttl_secs, 8 * 3600);
+        assert!(!s.secure_cookie);
+        let e = toml::from_str::<UiSettings>("freshnes_warn_secs = 60").unwrap_err();
+        assert!(e.to_string().contains("freshnes_warn_secs"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_config_documents_every_ui_default() {
+        let text = include_str!("../../config/synchub.toml");
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let shipped: UiSettings = table["ui"].clone().try_into().unwrap();
+        assert_eq!(shipped, UiSettings::default());
+    }
+}

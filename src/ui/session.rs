@@ -209,3 +209,67 @@ impl FromRequestParts<UiState> for UiUser {
         Err(Redirect::to(&to).into_response())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Role;
+
+    fn op() -> Operator {
+        Operator {
+            user: "admin".into(),
+            role: Role::Admin,
+            dealer_code: None,
+        }
+    }
+
+    #[test]
+    fn sessions_expire_and_can_be_removed() {
+        let s = Sessions::default();
+        let a = s.create(op(), 60);
+        assert_eq!(a.id.len(), 64);
+        assert_ne!(a.id, a.csrf);
+        assert!(s.get(&a.id, 60).is_some());
+        s.remove(&a.id);
+        assert!(s.get(&a.id, 60).is_none());
+        let b = s.create(op(), 0);
+        assert!(s.get(&b.id, 0).is_none(), "a session past its ttl is gone");
+    }
+
+    #[test]
+    fn lockout_after_max_failures_and_reset_on_success() {
+        let s = Sessions::default();
+        for _ in 0..4 {
+            s.failed("admin", 300);
+        }
+        assert!(!s.locked("admin", 5, 300));
+        s.failed("admin", 300);
+        assert!(s.locked("admin", 5, 300));
+        assert!(!s.locked("it-D0001", 5, 300), "per user name");
+        s.succeeded("admin");
+        assert!(!s.locked("admin", 5, 300));
+    }
+
+    #[test]
+    fn cookie_is_http_only_strict_and_scoped_to_ui() {
+        let s = Sessions::default().create(op(), 60);
+        let c = set_cookie(Some(&s), true, 60);
+        assert!(c.starts_with(&format!("{COOKIE}={}", s.id)));
+        for part in [
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/ui",
+            "Secure",
+            "Max-Age=60",
+        ] {
+            assert!(c.contains(part), "{c}");
+        }
+        assert!(!set_cookie(Some(&s), false, 60).contains("Secure"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            format!("other=1; {COOKIE}={}", s.id).parse().unwrap(),
+        );
+        assert_eq!(cookie_value(&h).as_deref(), Some(s.id.as_str()));
+    }
+}

@@ -211,6 +211,13 @@ impl Browser {
 
     /// Saves a PNG of the viewport (or the whole page) under [`screenshot_dir`].
     pub async fn screenshot(&mut self, name: &str, full_page: bool) -> PathBuf {
+        if full_page {
+            // A sticky header would be painted mid-page in a full-page capture.
+            self.eval(
+                "document.querySelectorAll('header.top').forEach(h => h.style.position = 'static')",
+            )
+            .await;
+        }
         let r = self
             .call(
                 "Page.captureScreenshot",

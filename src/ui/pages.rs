@@ -170,7 +170,7 @@ pub(super) async fn logout(
     Form(f): Form<CsrfForm>,
 ) -> Response {
     if let Err(r) = u.check_csrf(&headers, f.csrf.as_deref()) {
-        return r;
+        return r.into_response();
     }
     st.sessions.remove(&u.0.id);
     ops::audit_session(
@@ -763,7 +763,7 @@ pub(super) async fn replay(
     Form(f): Form<ReplayForm>,
 ) -> PageResult {
     if let Err(r) = u.check_csrf(&headers, f.csrf.as_deref()) {
-        return Ok(r);
+        return Ok(r.into_response());
     }
     let version = parse_version(f.mapping_version.as_deref())?;
     let replayed = ops::replay(&st.app, u.op(), Channel::Ui, &id, version).await?;
@@ -794,7 +794,7 @@ pub(super) async fn retry(
     Form(f): Form<ActionForm>,
 ) -> PageResult {
     if let Err(r) = u.check_csrf(&headers, f.csrf.as_deref()) {
-        return Ok(r);
+        return Ok(r.into_response());
     }
     ops::retry(&st.app, u.op(), Channel::Ui, id).await?;
     Ok(back_to(
@@ -811,7 +811,7 @@ pub(super) async fn park(
     Form(f): Form<ActionForm>,
 ) -> PageResult {
     if let Err(r) = u.check_csrf(&headers, f.csrf.as_deref()) {
-        return Ok(r);
+        return Ok(r.into_response());
     }
     ops::park(&st.app, u.op(), Channel::Ui, id).await?;
     Ok(back_to(
@@ -986,7 +986,7 @@ pub(super) async fn bulk(
     Form(f): Form<BulkForm>,
 ) -> PageResult {
     if let Err(r) = u.check_csrf(&headers, f.csrf.as_deref()) {
-        return Ok(r);
+        return Ok(r.into_response());
     }
     let since_ms = views::parse_since(f.since.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad_request("invalid_since", e))?;
@@ -1092,7 +1092,7 @@ pub(super) async fn decide(
     Form(f): Form<DecisionForm>,
 ) -> PageResult {
     if let Err(r) = u.check_csrf(&headers, f.csrf.as_deref()) {
-        return Ok(r);
+        return Ok(r.into_response());
     }
     let approve = match f.decision.as_deref() {
         Some("approve") => true,

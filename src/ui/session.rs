@@ -166,7 +166,7 @@ impl UiUser {
 
     /// Refuses a state-changing request whose CSRF token (form field or htmx header) is not
     /// this session's.
-    pub fn check_csrf(&self, headers: &HeaderMap, form: Option<&str>) -> Result<(), Response> {
+    pub fn check_csrf(&self, headers: &HeaderMap, form: Option<&str>) -> Result<(), CsrfRefused> {
         let header = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
         let ok = [header, form]
             .into_iter()
@@ -176,11 +176,21 @@ impl UiUser {
             Ok(())
         } else {
             tracing::warn!(operator = %self.0.operator.user, "Dashboard request refused: missing or wrong CSRF token.");
-            Err(super::error_page(
-                axum::http::StatusCode::FORBIDDEN,
-                "This form has expired or did not come from the dashboard (CSRF token missing or wrong). Reload the page and try again.",
-            ))
+            Err(CsrfRefused)
         }
+    }
+}
+
+/// A state-changing request without this session's CSRF token: 403 with an explaining page.
+#[derive(Debug)]
+pub struct CsrfRefused;
+
+impl IntoResponse for CsrfRefused {
+    fn into_response(self) -> Response {
+        super::error_page(
+            axum::http::StatusCode::FORBIDDEN,
+            "This form has expired or did not come from the dashboard (CSRF token missing or wrong). Reload the page and try again.",
+        )
     }
 }
 

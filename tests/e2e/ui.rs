@@ -186,6 +186,10 @@ pub fn soap_sample_two_dealers() -> String {
 /// A hub whose DMS customers also go to a failing partner (no lane key, two attempts), so
 /// every dealer's customer ends up with a parked delivery.
 async fn hub_with_parking_partner(partner: &MockServer) -> TestHub {
+    hub_with_parking_partner_on(partner, Backend::Sqlite).await
+}
+
+async fn hub_with_parking_partner_on(partner: &MockServer, backend: Backend) -> TestHub {
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(500).set_body_string("partner down"))
         .mount(partner)
@@ -196,7 +200,7 @@ async fn hub_with_parking_partner(partner: &MockServer) -> TestHub {
         "from = \"partners_rest_in\"\nrecord_type = \"dms_customer\"\nvalidate = \"dms_customer\"\n\
          to = [\"partner_out\"]\n[retry]\nmax_attempts = 2\nbackoff_ms = 10\nmax_backoff_ms = 20\n",
     );
-    TestHub::spawn_with(Backend::Sqlite, cfg, &[]).await
+    TestHub::spawn_with(backend, cfg, &[]).await
 }
 
 fn dms_customer(dealer: &str, n: u32) -> Value {
@@ -675,9 +679,18 @@ async fn approvals_are_decided_from_the_page() {
 }
 
 #[tokio::test]
-async fn bulk_retry_by_dealer_and_since_through_ui_and_api() {
+async fn bulk_retry_by_dealer_and_since_through_ui_and_api_sqlite() {
+    bulk_retry_by_dealer_and_since_through_ui_and_api(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn bulk_retry_by_dealer_and_since_through_ui_and_api_postgres() {
+    bulk_retry_by_dealer_and_since_through_ui_and_api(Backend::Postgres).await;
+}
+
+async fn bulk_retry_by_dealer_and_since_through_ui_and_api(backend: Backend) {
     let partner = MockServer::start().await;
-    let hub = hub_with_parking_partner(&partner).await;
+    let hub = hub_with_parking_partner_on(&partner, backend).await;
     for n in 1..=2 {
         post_customer(&hub, "D0001", 10 + n).await;
     }
@@ -802,9 +815,18 @@ async fn bulk_retry_by_dealer_and_since_through_ui_and_api() {
 }
 
 #[tokio::test]
-async fn api_actions_are_audited() {
+async fn api_actions_are_audited_sqlite() {
+    api_actions_are_audited(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn api_actions_are_audited_postgres() {
+    api_actions_are_audited(Backend::Postgres).await;
+}
+
+async fn api_actions_are_audited(backend: Backend) {
     let partner = MockServer::start().await;
-    let hub = hub_with_parking_partner(&partner).await;
+    let hub = hub_with_parking_partner_on(&partner, backend).await;
     let msg = post_customer(&hub, "D0001", 30).await;
     hub.settle(30).await;
     let (delivery, _) = parked_ids(&hub).await[0].clone();

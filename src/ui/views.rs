@@ -103,15 +103,33 @@ pub fn indent_xml(xml: &str) -> Option<String> {
 /// A CSV text as header + rows (at most `max` rows), for the CSV row view of SFTP files.
 pub fn csv_table(text: &str, max: usize) -> Option<(Vec<String>, Vec<Vec<String>>)> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<String> = lines.next()?.split(',').map(str::to_string).collect();
+    let header = csv_fields(lines.next()?);
     if header.len() < 2 {
         return None;
     }
-    let rows = lines
-        .take(max)
-        .map(|l| l.split(',').map(str::to_string).collect())
-        .collect();
+    let rows = lines.take(max).map(csv_fields).collect();
     Some((header, rows))
+}
+
+/// One CSV line's fields, honouring double quotes (`"a,b"` and `""` inside quotes).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    fields.push(cur);
+    fields
 }
 
 /// The `since` filter: RFC 3339, `YYYY-MM-DDTHH:MM` (a datetime-local field) or `HH:MM` (today),
@@ -179,5 +197,7 @@ mod tests {
         let (h, rows) = csv_table("vin,dealer\nLSV1,D0001\n", 10).unwrap();
         assert_eq!(h, ["vin", "dealer"]);
         assert_eq!(rows, [vec!["LSV1".to_string(), "D0001".to_string()]]);
+        let (_, rows) = csv_table("a,b\n\"广州, 天河\",\"say \"\"hi\"\"\"\n", 10).unwrap();
+        assert_eq!(rows[0], ["广州, 天河", "say \"hi\""]);
     }
 }

@@ -399,6 +399,7 @@ impl Application {
             endpoints: Arc::new(endpoint_kinds),
             endpoint_state: status,
             sftp: sftp.clone(),
+            ui: Arc::new(settings.ui.clone()),
         };
         let router = crate::http::router(state, partner_routes)
             .layer(CatchPanicLayer::new())

@@ -13,10 +13,13 @@
 //! - `crm`: the CRM store sink (upserts, history, matching, approvals, change events).
 //! - `rules`: lead scoring and distribution rules from `config/rules/` (pure engines).
 //! - `sftp`: SFTP endpoints: adapter configs, the store-backed file ledger, poll scheduling.
+//! - `extract`: re-pullable extracts from the CRM change log: API, nightly SFTP push, CLI.
 //! - `import`: `synchub import`, legacy CSV migration with cleansing rules and a report.
 //! - `monitor`: flow gauges (backlog, age, parked, freshness) for Prometheus.
 //! - `status`: live endpoint state (up, degraded, down; last contact and error).
 //! - `http`: ops API, CRM read API, health and metrics.
+//! - `ops`: operator actions (replay, retry, park, bulk, approvals) with their audit log.
+//! - `ui`: the server-rendered dashboard at `/ui/`.
 //! - `app`: builds and runs the whole hub (shared by `main` and the tests).
 //! - `cli`: the command line.
 
@@ -31,6 +34,7 @@ pub mod extract;
 pub mod http;
 pub mod import;
 pub mod monitor;
+pub mod ops;
 pub mod pipeline;
 pub mod routing;
 pub mod rules;
@@ -39,3 +43,4 @@ pub mod sftp;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+pub mod ui;

@@ -395,6 +395,40 @@ impl Pipeline {
         message_id: Uuid,
         mapping_version: Option<u32>,
     ) -> Result<Vec<Uuid>, StoreError> {
+        let prepared = self.prepare_replay(message_id, mapping_version).await?;
+        let replayed = self
+            .store
+            .write(move |c| {
+                Box::pin(async move {
+                    let mut ids = Vec::new();
+                    for (id, _entity, deliveries) in prepared {
+                        for d in &deliveries {
+                            journal::insert_delivery(c, id, d).await?;
+                            crate::store::deliveries::supersede_by_latest(
+                                c,
+                                &id.to_string(),
+                                &d.route,
+                                &d.target,
+                            )
+                            .await?;
+                        }
+                        ids.push(id);
+                    }
+                    Ok(ids)
+                })
+            })
+            .await?;
+        self.wake.notify_one();
+        Ok(replayed)
+    }
+
+    /// The deliveries a replay would queue, per replayed record, without journaling anything:
+    /// shared by [`Pipeline::replay`] and the dashboard's replay preview.
+    pub(crate) async fn prepare_replay(
+        &self,
+        message_id: Uuid,
+        mapping_version: Option<u32>,
+    ) -> Result<Vec<(Uuid, Option<String>, Vec<NewDelivery>)>, StoreError> {
         let records =
             crate::store::queries::replayable_records(self.store.pool(), message_id).await?;
         if records.is_empty() {
@@ -441,20 +475,7 @@ impl Pipeline {
             }
             prepared.push((r.id, r.entity_id.clone(), p.deliveries));
         }
-        self.store
-            .write(move |c| {
-                Box::pin(async move {
-                    let mut ids = Vec::new();
-                    for (id, _entity, deliveries) in prepared {
-                        for d in &deliveries {
-                            journal::insert_delivery(c, id, d).await?;
-                        }
-                        ids.push(id);
-                    }
-                    Ok(ids)
-                })
-            })
-            .await
+        Ok(prepared)
     }
 
     /// Several submissions in one write: rows staged here, one `commit_staged` for all.

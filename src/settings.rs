@@ -205,6 +205,8 @@ pub struct Settings {
     pub paths: PathSettings,
     /// `[auth]`: partner API keys and operators.
     pub auth: AuthSettings,
+    /// `[ui]`: the dashboard.
+    pub ui: crate::ui::UiSettings,
     /// Endpoints by id, one file each: `config/endpoints/<id>.toml`.
     pub endpoints: BTreeMap<String, EndpointConfig>,
     /// Routes by id, one file each: `<routes_dir>/<id>.toml`.
@@ -230,6 +232,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             paths: PathSettings::default(),
             auth: AuthSettings::default(),
+            ui: crate::ui::UiSettings::default(),
             endpoints: BTreeMap::new(),
             routes: BTreeMap::new(),
             secrets: Secrets::default(),
@@ -1215,6 +1218,7 @@ impl Settings {
                 "log" => settings.log = section(value, &key, o, p),
                 "paths" => settings.paths = section(value, &key, o, p),
                 "auth" => settings.auth = section(value, &key, o, p),
+                "ui" => settings.ui = section(value, &key, o, p),
                 "endpoints" => {
                     settings.endpoints = load_endpoints(value, &origins, &mut problems);
                 }
@@ -1223,7 +1227,7 @@ impl Settings {
                     &key,
                     format!(
                         "unknown field `{key}`, expected one of `http`, `store`, `dispatch`, \
-                         `log`, `paths`, `auth` (endpoints are files under endpoints/, routes \
+                         `log`, `paths`, `auth`, `ui` (endpoints are files under endpoints/, routes \
                          files under the routes folder)"
                     ),
                 )),

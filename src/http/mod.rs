@@ -21,6 +21,7 @@ use uuid::Uuid;
 use self::auth::{Operator, Operators};
 use self::error::ApiError;
 use crate::crm;
+use crate::ops::Channel;
 use crate::pipeline::Pipeline;
 use crate::status::{EndpointState, EndpointStates};
 use crate::store::{Store, journal, queries};
@@ -39,15 +40,19 @@ pub struct AppState {
     pub endpoint_state: Arc<EndpointStates>,
     /// SFTP endpoints: last poll, "poll now", which are disabled.
     pub sftp: Arc<crate::sftp::SftpEndpoints>,
+    /// `[ui]`: dashboard settings.
+    pub ui: Arc<crate::ui::UiSettings>,
 }
 
 pub fn router(state: AppState, partner_routes: Router) -> Router {
+    let ui_state = state.clone();
     let api = Router::new()
         .route("/api/v1/messages", get(search_messages))
         .route("/api/v1/messages/{id}", get(message_detail))
         .route("/api/v1/messages/{id}/replay", post(replay_message))
         .route("/api/v1/deliveries/{id}/retry", post(retry_delivery))
         .route("/api/v1/deliveries/{id}/park", post(park_delivery))
+        .merge(crate::ui::api::routes())
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/endpoints", get(endpoints))
         .route("/api/v1/endpoints/{id}/poll", post(poll_endpoint))
@@ -77,7 +82,7 @@ pub fn router(state: AppState, partner_routes: Router) -> Router {
         .route("/metrics", get(metrics))
         .merge(escalations::routes())
         .with_state(state);
-    api.merge(partner_routes)
+    api.merge(partner_routes).merge(crate::ui::router(ui_state))
 }
 
 async fn ready(State(st): State<AppState>) -> Response {
@@ -163,11 +168,8 @@ async fn replay_message(
     Path(id): Path<String>,
     body: Option<Json<ReplayBody>>,
 ) -> Result<Response, ApiError> {
-    let uuid = Uuid::parse_str(&id).map_err(|_| ApiError::not_found(format!("message {id}")))?;
-    check_message_scope(&st, &op, &id).await?;
     let version = body.and_then(|b| b.0.mapping_version);
-    let replayed = st.pipeline.replay(uuid, version).await?;
-    tracing::info!(operator = %op.user, message = %id, "Message replayed.");
+    let replayed = crate::ops::replay(&st, &op, Channel::Api, &id, version).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"message_id": id, "replayed_records": replayed.iter().map(Uuid::to_string).collect::<Vec<_>>(), "mapping_version": version})),
@@ -175,32 +177,12 @@ async fn replay_message(
         .into_response())
 }
 
-async fn check_message_scope(st: &AppState, op: &Operator, id: &str) -> Result<(), ApiError> {
-    match queries::message_dealer(st.store.pool(), id).await? {
-        None => Err(ApiError::not_found(format!("message {id}"))),
-        Some(d) if op.may_see(d.as_deref()) => Ok(()),
-        Some(_) => Err(ApiError::not_found(format!("message {id}"))),
-    }
-}
-
-async fn check_delivery_scope(st: &AppState, op: &Operator, id: i64) -> Result<(), ApiError> {
-    match queries::delivery_dealer(st.store.pool(), id).await? {
-        Some(d) if op.may_see(d.as_deref()) => Ok(()),
-        _ => Err(ApiError::not_found(format!("delivery {id}"))),
-    }
-}
-
 async fn retry_delivery(
     op: Operator,
     State(st): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    check_delivery_scope(&st, &op, id).await?;
-    let who = op.user.clone();
-    st.store
-        .write(move |c| Box::pin(async move { journal::retry_delivery(c, id, &who).await }))
-        .await?;
-    tracing::info!(operator = %op.user, delivery = id, "Delivery retry requested.");
+    crate::ops::retry(&st, &op, Channel::Api, id).await?;
     Ok(Json(json!({"delivery_id": id, "status": "pending"})))
 }
 
@@ -209,12 +191,7 @@ async fn park_delivery(
     State(st): State<AppState>,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    check_delivery_scope(&st, &op, id).await?;
-    let who = op.user.clone();
-    st.store
-        .write(move |c| Box::pin(async move { journal::park_delivery(c, id, &who).await }))
-        .await?;
-    tracing::info!(operator = %op.user, delivery = id, "Delivery parked by operator.");
+    crate::ops::park(&st, &op, Channel::Api, id).await?;
     Ok(Json(json!({"delivery_id": id, "status": "parked"})))
 }
 
@@ -224,6 +201,11 @@ async fn flows(op: Operator, State(st): State<AppState>) -> Result<Json<Value>, 
 }
 
 async fn endpoints(_op: Operator, State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"endpoints": endpoint_views(&st).await?})))
+}
+
+/// Every endpoint with kind, state, last contact and last error (the API's and the dashboard's).
+pub(crate) async fn endpoint_views(st: &AppState) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
     for (id, kind) in st.endpoints.iter() {
         let mut s = st.endpoint_state.get(id).unwrap_or(EndpointState {
@@ -247,7 +229,7 @@ async fn endpoints(_op: Operator, State(st): State<AppState>) -> Result<Json<Val
         }
         out.push(e);
     }
-    Ok(Json(json!({"endpoints": out})))
+    Ok(out)
 }
 
 /// Polls an inbound SFTP endpoint now and answers with the poll's report. Headquarters only:
@@ -419,6 +401,7 @@ async fn put_customer(
                 .with_details(details),
         );
     }
+    let before = crm::reads::get(st.store.pool(), "customer", &id, None).await?;
     let pipeline = st.pipeline.clone();
     let who = op.user.clone();
     let cid = id.clone();
@@ -438,9 +421,9 @@ async fn put_customer(
             })
         })
         .await?;
-    Ok(Json(
-        json!({"customer_id": id, "version": version, "changed_fields": changed}),
-    ))
+    let after = json!({"customer_id": id, "version": version, "changed_fields": changed});
+    crate::ops::audit_customer_edit(&st, &op, &id, before, after.clone()).await?;
+    Ok(Json(after))
 }
 
 #[derive(Debug, Deserialize)]
@@ -479,30 +462,8 @@ async fn decide_approval(
         "reject" => false,
         other => return Err(ApiError::not_found(format!("action {other}"))),
     };
-    if !op.is_admin() {
-        return Err(ApiError::forbidden(
-            "only headquarters decides key-field changes",
-        ));
-    }
     let comment = body.and_then(|b| b.0.comment);
-    let who = op.user.clone();
-    let pipeline = st.pipeline.clone();
-    st.store
-        .write(move |c| {
-            Box::pin(async move {
-                let ev =
-                    crm::decide_approval(c, id, approve, &who, comment.as_deref(), None).await?;
-                if let Some(ev) = ev {
-                    journal::insert_prepared(
-                        c,
-                        &pipeline.prepare_event(Uuid::now_v7(), None, "crm_store", &ev),
-                    )
-                    .await?;
-                }
-                Ok(())
-            })
-        })
-        .await?;
+    crate::ops::decide_approval(&st, &op, Channel::Api, id, approve, comment).await?;
     Ok(Json(
         json!({"approval_id": id, "status": if approve { "approved" } else { "rejected" }}),
     ))

@@ -6,6 +6,7 @@
 
 mod amqp;
 mod campaigns;
+mod cdp;
 mod crm;
 mod dispatch;
 mod extracts;
@@ -17,3 +18,5 @@ mod rest_ingest;
 mod sftp;
 mod soap;
 mod store_conformance;
+mod ui;
+mod ui_browser;

@@ -185,6 +185,10 @@ async fn start_hub(root: &std::path::Path, prefix: &str, extra: &[(&str, &str)])
             "SYNCHUB__ENDPOINTS__DMS_AMQP_IN__QUEUE_EXPIRES_MS".into(),
             "600000".into(),
         ),
+        (
+            "SYNCHUB__ENDPOINTS__DMS_AMQP_OUT__QUEUE_EXPIRES_MS".into(),
+            "600000".into(),
+        ),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let settings = Settings::load(&root.join("config"), Profile::Local, &env).expect("settings");

@@ -235,10 +235,13 @@ impl TestHub {
                 prefix.clone(),
             ));
         }
-        vars.push((
-            "SYNCHUB__ENDPOINTS__DMS_AMQP_IN__QUEUE_EXPIRES_MS".into(),
-            "600000".into(),
-        ));
+        // Both links declare the whole topology, so both must agree on the queues' expiry.
+        for ep in ["DMS_AMQP_OUT", "DMS_AMQP_IN"] {
+            vars.push((
+                format!("SYNCHUB__ENDPOINTS__{ep}__QUEUE_EXPIRES_MS"),
+                "600000".into(),
+            ));
+        }
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         // Every dealer's DMS is "online" unless the test says otherwise: customer change events
         // then deliver instead of retrying as unroutable.

@@ -480,11 +480,15 @@ async fn two_hubs_on_one_postgres_database_never_take_the_same_file() {
         "SYNCHUB__ENDPOINTS__OSM_VEHICLES_SFTP_IN__INSTANCE_ID".into(),
         "hub-b".into(),
     ));
-    // Same AMQP names as A: either hub may deliver the owners' customer events.
+    // Same AMQP names (and queue expiry) as A: either hub may deliver the owners' customer events.
     for ep in ["DMS_AMQP_OUT", "DMS_AMQP_IN"] {
         env.push((
             format!("SYNCHUB__ENDPOINTS__{ep}__NAME_PREFIX"),
             a.amqp_prefix.clone(),
+        ));
+        env.push((
+            format!("SYNCHUB__ENDPOINTS__{ep}__QUEUE_EXPIRES_MS"),
+            "600000".into(),
         ));
     }
     let b = Instance::start(&a.store_url, &env).await;
@@ -663,10 +667,13 @@ async fn hub_killed_mid_file_resumes_after_restart_and_imports_every_row_once() 
             prefix.clone(),
         ));
     }
-    env.push((
-        "SYNCHUB__ENDPOINTS__DMS_AMQP_IN__QUEUE_EXPIRES_MS".into(),
-        "600000".into(),
-    ));
+    // Both links declare the whole topology, so both must agree on the queues' expiry.
+    for ep in ["DMS_AMQP_OUT", "DMS_AMQP_IN"] {
+        env.push((
+            format!("SYNCHUB__ENDPOINTS__{ep}__QUEUE_EXPIRES_MS"),
+            "600000".into(),
+        ));
+    }
     // Vehicles without owners: no customer events, only the rows under test.
     let mut text = format!("{VEHICLE_HEADER}\n");
     for i in 0..ROWS {

@@ -225,6 +225,14 @@ pub async fn declare_topology(ch: &Channel, cfg: &AmqpConfig) -> Result<(), Stri
         "x-queue-type".into(),
         AMQPValue::LongString(cfg.queue_type.as_str().into()),
     );
+    // Short-lived environments (tests) expire the dead-letter queue too: left behind, every
+    // test run would add a durable queue the broker recovers at each start.
+    if let Some(exp) = cfg.queue_expires {
+        dl_args.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(exp.as_millis() as i64),
+        );
+    }
     ch.queue_declare(cfg.dead_letter_queue.as_str().into(), queue_opts, dl_args)
         .await
         .map_err(|e| format!("cannot declare queue {}: {e}", cfg.dead_letter_queue))?;

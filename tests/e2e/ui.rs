@@ -581,7 +581,7 @@ async fn replay_with_preview_after_a_mapping_fix() {
     assert!(
         after
             .body
-            .contains("Replayed 1 record(s) through mapping v2"),
+            .contains("Replayed 2 record(s) through mapping v2"),
         "{}",
         after.body
     );

@@ -168,7 +168,7 @@ async fn operator_journey_in_chromium() {
     assert!(
         b.text()
             .await
-            .contains("Replayed 1 record(s) through mapping v2")
+            .contains("Replayed 2 record(s) through mapping v2")
     );
     hub.settle(30).await;
     let lead_id = record_id(&hub, "WEB-BROWSER-1").await;

@@ -575,7 +575,8 @@ async fn replay_with_preview_after_a_mapping_fix() {
         )
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
-    hub.settle(30).await;
+    // The replay also re-sends the lead.assigned event over the broker: give it time.
+    hub.settle(90).await;
     assert_eq!(posts().await, 1);
     let after = admin.get(&r.location).await;
     assert!(

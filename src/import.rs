@@ -1045,22 +1045,13 @@ async fn submit(
 
 /// Which of these `source_ref`s name a journaled message (rejected rows of an earlier run).
 async fn keyed_refs(store: &Store, refs: &[String]) -> anyhow::Result<HashSet<String>> {
-    let mut out = HashSet::new();
-    for chunk in refs.chunks(500) {
-        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT value FROM message_keys WHERE kind = 'source_ref' AND value IN ({})",
-            list.join(",")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for r in chunk {
-            q = q.bind(r.as_str());
-        }
-        for row in q.fetch_all(store.pool()).await? {
-            out.insert(row.try_get::<String, _>(0)?);
-        }
-    }
-    Ok(out)
+    strings_in(
+        store,
+        "SELECT value FROM message_keys WHERE kind = 'source_ref' AND value IN",
+        &[],
+        refs,
+    )
+    .await
 }
 
 /// Which of these `source_ref`s the import has journaled before (an interrupted run). The
@@ -1071,23 +1062,14 @@ async fn journaled_refs(
     entity: ImportEntity,
     refs: &[String],
 ) -> anyhow::Result<HashSet<String>> {
-    let mut out = HashSet::new();
-    for chunk in refs.chunks(500) {
-        let list: Vec<String> = (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT idem_key FROM idempotency WHERE scope = $1 AND idem_key IN ({})",
-            list.join(",")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(format!("{SYSTEM}/{}", entity.schema().name()));
-        for r in chunk {
-            q = q.bind(r.as_str());
-        }
-        for row in q.fetch_all(store.pool()).await? {
-            out.insert(row.try_get::<String, _>(0)?);
-        }
-    }
-    Ok(out)
+    let scope = format!("{SYSTEM}/{}", entity.schema().name());
+    strings_in(
+        store,
+        "SELECT idem_key FROM idempotency WHERE scope = $1 AND idem_key IN",
+        &[&scope],
+        refs,
+    )
+    .await
 }
 
 /// Stored customers by mobile or ID number: their name and mobile, for merge and ambiguity.
@@ -1098,10 +1080,9 @@ async fn stored_customers(
 ) -> anyhow::Result<HashMap<String, Seen>> {
     let mut out = HashMap::new();
     for chunk in values.chunks(500) {
-        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT {col}, id, data, mobile FROM crm_records WHERE entity = 'customer' AND {col} IN ({})",
-            list.join(",")
+            placeholders(0, chunk.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for v in chunk {
@@ -1132,14 +1113,29 @@ async fn stored_ids(
     entity: &str,
     ids: &[String],
 ) -> anyhow::Result<HashSet<String>> {
+    strings_in(
+        store,
+        "SELECT id FROM crm_records WHERE entity = $1 AND id IN",
+        &[entity],
+        ids,
+    )
+    .await
+}
+
+/// The first column of `sql (…values…)`, in chunks of 500 values; `fixed` binds `$1…` first.
+async fn strings_in(
+    store: &Store,
+    sql: &str,
+    fixed: &[&str],
+    values: &[String],
+) -> anyhow::Result<HashSet<String>> {
     let mut out = HashSet::new();
-    for chunk in ids.chunks(500) {
-        let list: Vec<String> = (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT id FROM crm_records WHERE entity = $1 AND id IN ({})",
-            list.join(",")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(entity);
+    for chunk in values.chunks(500) {
+        let sql = format!("{sql} ({})", placeholders(fixed.len(), chunk.len()));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for f in fixed {
+            q = q.bind(*f);
+        }
         for v in chunk {
             q = q.bind(v.as_str());
         }
@@ -1172,7 +1168,7 @@ async fn unapplied(store: &Store, routes: &[String]) -> anyhow::Result<bool> {
     let sql = format!(
         "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE route IN ({}) \
          AND (status = 'in_flight' OR (status = 'pending' AND attempts = 0)) LIMIT 1) AS x",
-        placeholders(routes.len())
+        placeholders(0, routes.len())
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for r in routes {
@@ -1188,7 +1184,7 @@ async fn waiting(store: &Store, routes: &[String]) -> anyhow::Result<i64> {
     }
     let sql = format!(
         "SELECT COUNT(*) FROM deliveries WHERE route IN ({}) AND status IN ('pending','in_flight')",
-        placeholders(routes.len())
+        placeholders(0, routes.len())
     );
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for r in routes {
@@ -1197,8 +1193,9 @@ async fn waiting(store: &Store, routes: &[String]) -> anyhow::Result<i64> {
     Ok(q.fetch_one(store.pool()).await?.try_get(0)?)
 }
 
-fn placeholders(n: usize) -> String {
-    (1..=n)
+/// `$after+1, …, $after+n`.
+fn placeholders(after: usize, n: usize) -> String {
+    (after + 1..=after + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(",")
@@ -1228,32 +1225,18 @@ async fn outcomes(
 // ---------------------------------------------------------------------------------------------
 // The report
 
-/// One CSV cell, quoted when needed; a cell that a spreadsheet would run as a formula gets a
-/// leading `'` (the rows are partner data, opened by people in Excel).
-pub fn csv_cell(v: &str) -> String {
-    let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{v}")
-    } else {
-        v.to_owned()
-    };
-    if v.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", v.replace('"', "\"\""))
-    } else {
-        v
-    }
-}
-
 fn listed_csv(rows: &[Listed]) -> String {
     let mut out = String::from("line,rule,reason,row\n");
     for r in rows {
-        let _ = writeln!(
-            out,
-            "{},{},{},{}",
-            r.line,
-            csv_cell(&r.rule),
-            csv_cell(&r.reason),
-            csv_cell(&r.row)
-        );
+        // Partner data opened in spreadsheets: the extract's cell writer neutralises formulas.
+        let _ = write!(out, "{},", r.line);
+        for (i, cell) in [&r.rule, &r.reason, &r.row].into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            crate::extract::csv_cell(cell, &mut out);
+        }
+        out.push('\n');
     }
     out
 }
@@ -1521,15 +1504,6 @@ mod tests {
                 .0,
             Verdict::Merged(_)
         ));
-    }
-
-    #[test]
-    fn csv_cells_are_quoted_and_formulas_neutralised() {
-        assert_eq!(csv_cell("plain"), "plain");
-        assert_eq!(csv_cell("a,b"), "\"a,b\"");
-        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_cell("=cmd|' /C calc'!A0"), "'=cmd|' /C calc'!A0");
-        assert_eq!(csv_cell("-1+2"), "'-1+2");
     }
 
     #[test]

@@ -73,6 +73,13 @@ impl PurgeJob {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
+            if !crate::schedule::ours(&self.store, "purge", next.timestamp_millis()).await {
+                continue;
+            }
+            let week_ago = crate::store::now_ms() - 7 * 86_400_000;
+            if let Err(e) = crate::schedule::forget_before(&self.store, week_ago).await {
+                tracing::warn!(error = %e, "Could not drop old schedule ticks.");
+            }
             match self.purge_once().await {
                 Ok(n) => tracing::info!(
                     messages = n,

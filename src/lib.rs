@@ -38,6 +38,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod routing;
 pub mod rules;
+pub mod schedule;
 pub mod settings;
 pub mod sftp;
 pub mod status;

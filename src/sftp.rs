@@ -529,6 +529,8 @@ struct LastPoll {
 pub struct InboundSftp {
     id: String,
     poller: Poller,
+    /// Where scheduled ticks are claimed, so instances sharing the store poll once per tick.
+    ticks: Option<Store>,
     status: Arc<EndpointStates>,
     // std Mutex: held only to swap the report in or clone it out.
     last: std::sync::Mutex<Option<LastPoll>>,
@@ -545,6 +547,7 @@ impl InboundSftp {
         InboundSftp {
             id,
             poller: Poller::new(config, inbox, ledger),
+            ticks: None,
             status,
             last: std::sync::Mutex::new(None),
         }
@@ -614,6 +617,12 @@ impl InboundSftp {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
+            }
+            if let Some(store) = &self.ticks {
+                let job = format!("sftp_poll:{}", self.id);
+                if !crate::schedule::ours(store, &job, next.timestamp_millis()).await {
+                    continue;
+                }
             }
             tokio::select! {
                 _ = self.poll_now() => {}
@@ -695,13 +704,14 @@ impl SftpEndpoints {
                     Arc::new(SftpInbox::new(pipeline, s.nest_prefixes.clone()));
                 let ledger: Arc<dyn Ledger> =
                     Arc::new(StoreLedger::new(store.clone(), owner(id, s)));
-                let ep = InboundSftp::new(
+                let mut ep = InboundSftp::new(
                     id.to_owned(),
                     inbound_config(id, s, passphrase),
                     inbox,
                     ledger,
                     status,
                 );
+                ep.ticks = Some(store.clone());
                 self.inbound.insert(id.to_owned(), Arc::new(ep));
                 None
             }

@@ -46,11 +46,18 @@ impl EscalationJob {
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let every = self.rules.distribution.escalation.interval.0;
+        let every = (self.rules.distribution.escalation.interval.0.as_millis() as i64).max(1_000);
         loop {
+            // Ticks on multiples of the interval, the same on every instance, so the one that
+            // claims a tick runs it and the others skip it.
+            let now = now_ms();
+            let tick = (now / every + 1) * every;
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis((tick - now) as u64)) => {}
                 _ = shutdown.changed() => return,
+            }
+            if !crate::schedule::ours(&self.store, "escalation", tick).await {
+                continue;
             }
             match self.run_once().await {
                 Ok(r) if r.raised > 0 => tracing::warn!(

@@ -85,15 +85,25 @@ pub fn router(state: AppState, partner_routes: Router) -> Router {
     api.merge(partner_routes).merge(crate::ui::router(ui_state))
 }
 
+/// Seconds readiness waits for the store. Load balancers probe with short timeouts (often 2 s);
+/// a store that is down makes the pool retry connecting for its whole acquire timeout, and a
+/// probe that times out says less than a 503 naming the reason.
+const READY_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 async fn ready(State(st): State<AppState>) -> Response {
-    match st.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reason": e.to_string()})),
-        )
-            .into_response(),
-    }
+    let reason = match tokio::time::timeout(READY_STORE_TIMEOUT, st.store.ping()).await {
+        Ok(Ok(())) => return Json(json!({"status": "ready"})).into_response(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!(
+            "store unavailable: no answer within {} ms",
+            READY_STORE_TIMEOUT.as_millis()
+        ),
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "not ready", "reason": reason})),
+    )
+        .into_response()
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {

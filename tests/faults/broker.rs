@@ -123,6 +123,7 @@ async fn broker_killed_mid_stream_loses_and_doubles_nothing() {
         prefix.clone(),
         results,
         published.clone(),
+        Duration::from_millis(20),
     ));
     let sent = Arc::new(AtomicUsize::new(0));
     let accepted: Arc<Mutex<HashMap<String, String>>> = Arc::default();

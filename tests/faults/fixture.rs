@@ -651,6 +651,7 @@ pub async fn publish_results(
     prefix: String,
     total: usize,
     done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pace: Duration,
 ) {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
     use lapin::types::{AMQPValue, FieldTable};
@@ -733,7 +734,7 @@ pub async fn publish_results(
         i += n;
         done.store(i, Ordering::SeqCst);
         // Paced, so the crash lands while results are still flowing.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(pace).await;
     }
 }
 

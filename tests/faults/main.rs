@@ -12,3 +12,4 @@ mod partner;
 mod postgres;
 mod scale_out;
 mod sigkill;
+mod sshd;

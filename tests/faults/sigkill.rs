@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 use crate::fixture::{self, Hub, Tree};
 
 const VEHICLES_EP: &str = "osm_vehicles_sftp_in";
-const VEHICLE_HEADER: &str = "vin,brand,model,model_year,color,plate_no,engine_no,dealer_code,sales_date,owner_name,owner_mobile,owner_id_no";
+pub(crate) const VEHICLE_HEADER: &str = "vin,brand,model,model_year,color,plate_no,engine_no,dealer_code,sales_date,owner_name,owner_mobile,owner_id_no";
 
 /// ISO 3779 check digit (position 9) of a VIN.
 fn vin_check(vin: &[u8; 17]) -> u8 {
@@ -40,7 +40,7 @@ fn vin_check(vin: &[u8; 17]) -> u8 {
 }
 
 /// VIN `n` of source `src` (one letter keeps SOAP and SFTP vehicles apart).
-fn vin(src: char, n: usize) -> String {
+pub(crate) fn vin(src: char, n: usize) -> String {
     let mut v: [u8; 17] = format!("LHGCV3CK0S{src}{n:06}")
         .as_bytes()
         .try_into()
@@ -72,7 +72,7 @@ fn soap_request(from: usize, n: usize) -> String {
 }
 
 /// Overrides that enable the SFTP vehicle endpoint on the fixture; polled only by "poll now".
-fn sftp_env(fx: &SshdFixture, dir_rel: &str) -> Vec<(String, String)> {
+pub(crate) fn sftp_env(fx: &SshdFixture, dir_rel: &str) -> Vec<(String, String)> {
     std::fs::create_dir_all(fx.path(dir_rel)).expect("sftp dir");
     let k = |f: &str| format!("SYNCHUB__ENDPOINTS__OSM_VEHICLES_SFTP_IN__{f}");
     vec![
@@ -92,12 +92,14 @@ fn sftp_env(fx: &SshdFixture, dir_rel: &str) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_under_mixed_load_loses_and_doubles_nothing() {
     let _serial = fixture::serial().await;
-    // Soak: ≥ 100,000 messages over the four protocols.
-    let (leads, soap_vehicles, results, file_rows) = if fixture::soak() {
-        (60_000, 10_000, 10_000, 30_000)
+    // The streams run until the kills are over; soak mode kills more often over a longer
+    // run and must move ≥ 100,000 messages over the four protocols.
+    let (kills, wait_ms, results, file_rows) = if fixture::soak() {
+        (8, 8_000..20_000, 20_000, 50_000)
     } else {
-        (6_000, 1_000, 1_000, 6_000)
+        (2, 1_500..4_000, 5_000, 8_000)
     };
+    let stop = Arc::new(AtomicBool::new(false));
     let seed: u64 = rand::rng().random();
     eprintln!("sigkill scenario seed {seed} (the kill moments)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -129,18 +131,16 @@ async fn sigkill_at_random_moments_under_mixed_load_loses_and_doubles_nothing() 
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        let (client, base, next, acc) = (
+        let (client, base, next, acc, stop) = (
             client.clone(),
             base.clone(),
             next.clone(),
             rest_accepted.clone(),
+            stop.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            loop {
+            while !stop.load(Ordering::SeqCst) {
                 let n = next.fetch_add(1, Ordering::SeqCst);
-                if n * 50 >= leads {
-                    return;
-                }
                 let body = fixture::leads("MIX", n * 50, 50);
                 let v = fixture::post_until_accepted(
                     &client,
@@ -158,9 +158,15 @@ async fn sigkill_at_random_moments_under_mixed_load_loses_and_doubles_nothing() 
     // SOAP: vehicle syncs of 20, resent until OSM gets its response.
     let soap_done = Arc::new(AtomicUsize::new(0));
     tasks.push(tokio::spawn({
-        let (client, base, done) = (client.clone(), base.clone(), soap_done.clone());
+        let (client, base, done, stop) = (
+            client.clone(),
+            base.clone(),
+            soap_done.clone(),
+            stop.clone(),
+        );
         async move {
-            for b in 0..soap_vehicles / 20 {
+            let mut b = 0;
+            while !stop.load(Ordering::SeqCst) {
                 let xml = soap_request(b * 20, 20);
                 let deadline = Instant::now() + Duration::from_secs(300);
                 loop {
@@ -188,6 +194,9 @@ async fn sigkill_at_random_moments_under_mixed_load_loses_and_doubles_nothing() 
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 done.fetch_add(20, Ordering::SeqCst);
+                b += 1;
+                // OSM syncs in small, spaced calls.
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }));
@@ -200,6 +209,8 @@ async fn sigkill_at_random_moments_under_mixed_load_loses_and_doubles_nothing() 
         prefix.clone(),
         results,
         published.clone(),
+        // Spread over the whole run, so both kills land while results flow.
+        Duration::from_millis(if fixture::soak() { 100 } else { 80 }),
     )));
     // SFTP: headquarters presses "poll now" until the file is archived.
     let archived = Arc::new(AtomicBool::new(false));
@@ -226,11 +237,11 @@ async fn sigkill_at_random_moments_under_mixed_load_loses_and_doubles_nothing() 
     });
 
     // Two kills at random moments while all four streams run.
-    for k in 0..2 {
-        let wait = rng.random_range(1_500..4_000);
+    for k in 0..kills {
+        let wait = rng.random_range(wait_ms.clone());
         tokio::time::sleep(Duration::from_millis(wait)).await;
         eprintln!(
-            "kill {k} after {wait} ms: {} leads, {} SOAP vehicles, {} results sent so far",
+            "kill {k} after {wait} ms: {} leads, {} SOAP vehicles, {} results so far",
             rest_accepted.lock().await.len(),
             soap_done.load(Ordering::SeqCst),
             published.load(Ordering::SeqCst)
@@ -239,6 +250,8 @@ async fn sigkill_at_random_moments_under_mixed_load_loses_and_doubles_nothing() 
         hub.start();
         hub.wait_ready(120).await;
     }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
     for t in tasks {
         t.await.expect("load task");
     }
@@ -258,17 +271,60 @@ async fn sigkill_at_random_moments_under_mixed_load_loses_and_doubles_nothing() 
         if journaled as usize >= results {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{journaled} of {results} results journaled"
-        );
+        if Instant::now() >= deadline {
+            let have: std::collections::HashSet<String> = sqlx::query(
+                "SELECT DISTINCT source_ref FROM messages WHERE endpoint = 'dms_amqp_in' \
+                 AND source_ref IS NOT NULL",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+            let missing: Vec<usize> = (0..results)
+                .filter(|k| !have.contains(&format!("FLT-R-{k}")))
+                .collect();
+            // What the broker still holds for this hub, to tell "never consumed" from "lost".
+            let queues = std::process::Command::new("rabbitmqctl")
+                .args([
+                    "-q",
+                    "list_queues",
+                    "name",
+                    "messages_ready",
+                    "messages_unacknowledged",
+                ])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+            let queues: Vec<&str> = queues.lines().filter(|l| l.starts_with(&prefix)).collect();
+            panic!(
+                "{journaled} of {results} results journaled; missing {} (first {:?}, last {:?}); \
+                 broker: {queues:?}\n{}",
+                missing.len(),
+                missing.first(),
+                missing.last(),
+                hub.log_tail()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     fixture::wait_crm_drained(&pool, Duration::from_secs(600)).await;
 
     // REST leads: each acknowledged lead once, under its acknowledged id.
     let accepted = rest_accepted.lock().await.clone();
-    assert_eq!(accepted.len(), leads);
+    let soap_vehicles = soap_done.load(Ordering::SeqCst);
+    let total = accepted.len() + soap_vehicles + results + file_rows;
+    eprintln!(
+        "sigkill: {} leads, {soap_vehicles} SOAP vehicles, {results} results, {file_rows} file rows ({total} in all) through {kills} kills",
+        accepted.len()
+    );
+    if fixture::soak() {
+        assert!(
+            total >= 100_000,
+            "soak mode moves at least 100,000 messages: {total}"
+        );
+    }
     fixture::assert_exactly_once(&accepted, &fixture::leads_by_ref(&pool).await);
     // Vehicles from SOAP and from the file: every one, once.
     let vins: Vec<String> = sqlx::query("SELECT id FROM crm_records WHERE entity = 'vehicle'")

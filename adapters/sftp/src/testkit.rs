@@ -44,6 +44,49 @@ fn keygen(args: &[&str]) {
     );
 }
 
+/// Processes with a TCP socket whose local port is `port` (IPv4 or IPv6), found through
+/// /proc/net/tcp* inodes and /proc/<pid>/fd links.
+fn pids_with_local_port(port: u16) -> Vec<u32> {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port)
+                && let Some(inode) = f.get(9)
+                && *inode != "0"
+            {
+                inodes.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let mut pids = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        if fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|l| inodes.contains(l.to_string_lossy().as_ref()))
+        }) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -273,6 +316,15 @@ impl SshdFixture {
                 .status();
             let _ = child.kill();
             let _ = child.wait();
+        }
+        // Each session's sshd calls setsid(), so the group kill above misses it: find the
+        // processes holding a TCP socket on our port and kill those too.
+        for pid in pids_with_local_port(self.port) {
+            if pid != std::process::id() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
         }
     }
 

@@ -685,6 +685,9 @@ pub async fn edit_customer(
     Ok((up, ev))
 }
 
+/// Key of the PostgreSQL advisory lock the demo-dealer seeding holds until its transaction ends.
+const SEED_LOCK: i64 = 0x5359_4e43_5345_4544; // "SYNCSEED"
+
 /// The demo dealers of the local profile (INTERFACES §0), created once if absent, so a newcomer's
 /// first DMS records have dealers to belong to.
 pub async fn seed_demo_dealers(conn: &mut AnyConnection) -> Result<u32, StoreError> {
@@ -698,6 +701,14 @@ pub async fn seed_demo_dealers(conn: &mut AnyConnection) -> Result<u32, StoreErr
         message_id: None,
         needs_approval: false,
     };
+    // Instances of one deployment start together: without the lock two of them both find a
+    // dealer missing and the second insert fails its start (seen in the scale-out test).
+    if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+        sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+            .bind(SEED_LOCK)
+            .execute(&mut *conn)
+            .await?;
+    }
     let mut created = 0;
     for (code, name, region, province, city) in demo {
         let exists = sqlx::query("SELECT 1 FROM crm_records WHERE entity = 'dealer' AND id = $1")

@@ -278,7 +278,7 @@ async fn broker_killed_mid_stream_loses_and_doubles_nothing() {
     assert_eq!(once, results, "every confirmed result is journaled");
 }
 
-/// Waits until both AMQP endpoints report a live connection.
+/// Waits until both AMQP endpoints have connected and declared their topology.
 pub(crate) async fn wait_amqp_up(hub: &Hub) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -288,7 +288,9 @@ pub(crate) async fn wait_amqp_up(hub: &Hub) {
             .into_iter()
             .flatten()
             .filter(|e| e["id"].as_str().is_some_and(|i| i.starts_with("dms_amqp_")))
-            .filter(|e| e["state"] == "up")
+            // "up" alone is the state before the first connection too; a contact means the
+            // link connected and declared its topology.
+            .filter(|e| e["state"] == "up" && !e["last_contact"].is_null())
             .count();
         if up == 2 {
             return;

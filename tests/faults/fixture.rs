@@ -134,6 +134,11 @@ impl Hub {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
+    /// Whether the hub's stderr so far contains `text`.
+    pub fn log_contains(&self, text: &str) -> bool {
+        std::fs::read_to_string(&self.log).is_ok_and(|l| l.contains(text))
+    }
+
     /// The status of `/health/ready`, or `None` when nothing answers.
     pub async fn readiness(&self) -> Option<u16> {
         self.client
@@ -193,6 +198,8 @@ pub struct Rabbit {
     pub port: u16,
     dist: u16,
     node: String,
+    /// The `rabbitmq-server` scripts started, reaped after each kill.
+    started: std::sync::Mutex<Vec<Child>>,
 }
 
 impl Rabbit {
@@ -214,6 +221,7 @@ impl Rabbit {
             port,
             dist: free_port(),
             node: format!("synchubfault{}@localhost", free_port()),
+            started: std::sync::Mutex::default(),
         };
         r.up().await;
         r
@@ -235,7 +243,7 @@ impl Rabbit {
             .append(true)
             .open(d.join("stdout.log"))
             .unwrap();
-        Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+        let child = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
             .env("HOME", d)
             .env("RABBITMQ_CONF_ENV_FILE", d.join("env.conf"))
             .env("RABBITMQ_CONFIG_FILE", d.join("rabbitmq.conf"))
@@ -254,6 +262,7 @@ impl Rabbit {
             .stderr(out)
             .spawn()
             .expect("start a private RabbitMQ node");
+        self.started.lock().expect("not poisoned").push(child);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if lapin::Connection::connect(&self.url(), lapin::ConnectionProperties::default())
@@ -289,6 +298,10 @@ impl Rabbit {
             }
         }
         let _ = std::fs::remove_file(self.dir.path().join("rabbit.pid"));
+        for mut c in self.started.lock().expect("not poisoned").drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -665,16 +678,15 @@ pub async fn publish_results(
         assert!(Instant::now() < deadline, "results could not be published");
         if ch.is_none() {
             match Connection::connect(&url, ConnectionProperties::default()).await {
-                Ok(c) => match c.create_channel().await {
-                    Ok(channel) => {
+                Ok(c) => {
+                    if let Ok(channel) = c.create_channel().await {
                         channel
                             .confirm_select(ConfirmSelectOptions::default())
                             .await
                             .expect("confirm mode");
                         ch = Some((c, channel));
                     }
-                    Err(_) => {}
-                },
+                }
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
@@ -699,7 +711,12 @@ pub async fn publish_results(
                 .basic_publish(
                     exchange.as_str().into(),
                     "dms.lead-result".into(),
-                    BasicPublishOptions::default(),
+                    // Mandatory: a result no queue is bound for comes back instead of vanishing
+                    // behind a positive confirm, and is published again.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &serde_json::to_vec(&body).unwrap(),
                     BasicProperties::default()
                         .with_delivery_mode(2)
@@ -722,7 +739,7 @@ pub async fn publish_results(
         }
         for c in confirms {
             match c.await {
-                Ok(lapin::Confirmation::Ack(_)) => {}
+                Ok(lapin::Confirmation::Ack(None)) => {}
                 _ => failed = true,
             }
         }

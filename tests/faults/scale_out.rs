@@ -282,6 +282,13 @@ async fn three_instances_share_the_load_and_survive_losing_one() {
     assert_eq!(ids.len(), rest);
     let split = ids.values().filter(|s| s.len() != 1).count();
     assert_eq!(split, 0, "a taken-over delivery keeps its message id");
+    // The survivors put the dead instance's claims back in line once its lease ran out.
+    assert!(
+        [&hubs[0], &hubs[2]]
+            .iter()
+            .any(|h| h.log_contains("Released deliveries whose lease expired")),
+        "no surviving instance took over the killed one's claims"
+    );
     // Only what the killed instance had in flight may go out again.
     let workers = 32;
     assert!(

@@ -82,12 +82,27 @@ async fn journaled(hub: &TestHub, endpoint: &str, correlation: &str) -> Vec<Valu
         .collect()
 }
 
+/// `s` percent-encoded for a query string (every byte but the unreserved ones).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// What the dashboard's search box finds for `key`.
 async fn search(hub: &TestHub, key: &str) -> Vec<Value> {
     let r = hub
         .client
-        .get(format!("{}/api/v1/messages", hub.base))
-        .query(&[("key", key), ("limit", "1000")])
+        .get(format!(
+            "{}/api/v1/messages?limit=1000&key={}",
+            hub.base,
+            url_encode(key)
+        ))
         .bearer_auth(ADMIN)
         .send()
         .await
@@ -742,15 +757,13 @@ async fn amqp_corpus(backend: Backend) {
         )
         .await;
         let msgs = wait_journaled(&hub, &corr, 60).await;
+        let case = format!("{} ({})", c.name, c.what);
         match &c.code {
-            Some(code) => assert_refusal(
-                &c.name,
-                &msgs,
-                code,
-                c.message.as_deref().unwrap_or_default(),
-            ),
+            Some(code) => {
+                assert_refusal(&case, &msgs, code, c.message.as_deref().unwrap_or_default())
+            }
             None => assert_records(
-                &c.name,
+                &case,
                 &msgs,
                 c.accepted,
                 c.rejected,
@@ -762,8 +775,7 @@ async fn amqp_corpus(backend: Backend) {
             let found = search(&hub, k).await;
             assert!(
                 found.iter().any(|m| m["correlation_id"] == corr.as_str()),
-                "{}: searching {k} does not find it: {found:#?}",
-                c.name
+                "{case}: searching {k} does not find it: {found:#?}"
             );
         }
     }

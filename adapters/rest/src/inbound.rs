@@ -514,6 +514,7 @@ fn unavailable() -> Response {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use proptest::prelude::*;
     use uuid::Uuid;
 
     #[test]
@@ -611,8 +612,7 @@ mod tests {
         }
     }
 
-    fn json_leaf() -> impl proptest::strategy::Strategy<Value = Value> {
-        use proptest::prelude::*;
+    fn json_leaf() -> impl Strategy<Value = Value> {
         prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
@@ -643,7 +643,6 @@ mod tests {
             ),
             1..20,
         )) {
-            use proptest::prelude::*;
             let values: Vec<Value> = items.into_iter().map(|m| Value::Object(m.into_iter().collect())).collect();
             let bytes = serde_json::to_vec(&values).unwrap();
             let foreign = values.iter().any(|v| v.get("dealer_code").and_then(Value::as_str).is_some_and(|d| d.trim().to_ascii_uppercase() != "D0001"));

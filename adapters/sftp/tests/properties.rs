@@ -11,6 +11,7 @@ use synchub_adapter_sftp::writer::objects_to_csv;
 
 fn rows(bytes: &[u8], charset: Charset) -> Vec<synchub_adapter_sftp::csv::Row> {
     let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {

@@ -193,7 +193,7 @@ proptest! {
         name in "[\u{4E00}-\u{4E40}]{2,4}",
         pad in " {0,3}",
     ) {
-        let rec = json!({"source_ref": format!("{pad}R-1{pad}"), "dealer_code": " d0001", "name": half_to_full(&name) + &pad, "mobile": shown});
+        let rec = json!({"source_ref": format!("{pad}R-1{pad}"), "dealer_code": " d0001", "name": format!("{pad}{name}\u{3000}"), "mobile": shown});
         let c = validate(RecordSchema::DmsCustomer, &rec).expect("valid");
         prop_assert_eq!(&c["mobile"], &json!(m));
         prop_assert_eq!(&c["dealer_code"], &json!("D0001"));

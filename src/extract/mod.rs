@@ -377,6 +377,7 @@ fn encode(charset: Charset, text: String) -> Bytes {
 }
 
 /// One change-log row as read.
+#[derive(Clone)]
 pub struct ChangeRow {
     pub seq: i64,
     pub entity_id: String,

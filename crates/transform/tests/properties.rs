@@ -111,7 +111,13 @@ proptest! {
     fn half_width_and_clean_text_are_idempotent(s in messy()) {
         let h = half_width(&s);
         prop_assert_eq!(half_width(&h), h.clone());
-        prop_assert!(!h.chars().any(|c| ('\u{FF01}'..='\u{FF5E}').contains(&c) || c == '\u{3000}'));
+        // With a message of its own: the default one is the condition's text, whose braces
+        // would be read as format arguments.
+        prop_assert!(
+            !h.chars().any(|c| ('\u{FF01}'..='\u{FF5E}').contains(&c) || c == '\u{3000}'),
+            "full-width characters left in {:?}",
+            h
+        );
         let c = clean_text(&s);
         prop_assert_eq!(clean_text(&c), c.clone());
         prop_assert_eq!(c.trim(), c.as_str());
@@ -217,7 +223,9 @@ proptest! {
     fn the_lead_mapping_carries_the_validated_lead_through(
         (m, shown) in decorated_mobile(),
         name in "[\u{4E00}-\u{4E40}]{2,4}",
-        remark in messy(),
+        // A NUL makes the lead invalid (see the property below); this one is about what a
+        // valid lead carries through.
+        remark in messy().prop_map(|s| s.replace('\0', "")),
     ) {
         let mut lead: Map<String, Value> = validate(
             RecordSchema::Lead,
@@ -233,6 +241,28 @@ proptest! {
             prop_assert_eq!(&out["customer"]["mobile"], &json!(m));
             prop_assert_eq!(&out["customer"]["name"], &lead["name"]);
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn a_nul_anywhere_in_a_text_field_is_refused_naming_the_field(
+        before in messy(),
+        after in messy(),
+    ) {
+        let remark = format!("{before}\0{after}");
+        let errors = validate(
+            RecordSchema::Lead,
+            &json!({"source_ref": "WEB-1", "name": "周杰", "mobile": "13760001240", "remark": remark}),
+        )
+        .expect_err("a NUL is refused");
+        prop_assert!(
+            errors.iter().any(|e| e.field == "remark" && e.reason.contains("NUL")),
+            "{:?}",
+            errors
+        );
     }
 }
 

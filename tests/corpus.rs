@@ -236,6 +236,38 @@ async fn assert_extract_neutralised(hub: &TestHub, entity: &str, column: &str, w
     }
 }
 
+/// Stops the hub and deletes its exchanges and queues on the shared broker. They would expire
+/// after ten idle minutes anyway (the helper sets `x-expires`), but a corpus run spawns eight
+/// hubs and pushes a 100 MB message through one of them: the broker keeps none of it.
+async fn stop(hub: TestHub) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let prefix = hub.amqp_prefix.clone();
+    hub.stop().await;
+    let (_conn, ch) = helpers::amqp_client().await;
+    for q in [
+        "synchub.dms.lead-results",
+        "synchub.dms.campaign-results",
+        "synchub.dead-letter",
+        "dms.all",
+    ] {
+        ch.queue_delete(
+            format!("{prefix}{q}").as_str().into(),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("delete queue {prefix}{q}: {e}"));
+    }
+    // Exchanges never expire.
+    for x in ["synchub.inbound", "synchub.dealer", "synchub.dead-letter"] {
+        ch.exchange_delete(
+            format!("{prefix}{x}").as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("delete exchange {prefix}{x}: {e}"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // REST (INTERFACES §1)
 
@@ -401,7 +433,7 @@ async fn rest_corpus(backend: Backend) {
     .await;
     // Cleansing trims the tab: what is stored starts with `=`, and is neutralised as such.
     assert_extract_neutralised(&hub, "leads", "remark", &["-2+3", "=1+1"]).await;
-    hub.stop().await;
+    stop(hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -594,7 +626,7 @@ async fn soap_corpus(backend: Backend) {
     hub.settle(60).await;
     let (_, v) = hub.get("/api/v1/vehicles/LHGCV3CK9VA118682", ADMIN).await;
     assert_eq!(v["vin"], "LHGCV3CK9VA118682", "{v}");
-    hub.stop().await;
+    stop(hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -664,22 +696,35 @@ async fn amqp_publish(
         h.insert("dealer_code".into(), AMQPValue::LongString(d.into()));
         props = props.with_headers(h);
     }
-    ch.basic_publish(
-        format!("{}synchub.inbound", hub.amqp_prefix)
-            .as_str()
-            .into(),
-        key.into(),
-        BasicPublishOptions {
-            mandatory: true,
-            ..Default::default()
-        },
-        body,
-        props,
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("confirmed");
+    let confirmation = ch
+        .basic_publish(
+            format!("{}synchub.inbound", hub.amqp_prefix)
+                .as_str()
+                .into(),
+            key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            props,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirmed");
+    // Mandatory: a message no queue took comes back, and the case would wait for nothing.
+    // (Not printed whole: the returned message would carry the body, up to 100 MB.)
+    let refused = match confirmation {
+        lapin::Confirmation::Ack(None) => None,
+        lapin::Confirmation::Ack(Some(_)) => Some("returned: no queue bound for the routing key"),
+        lapin::Confirmation::Nack(_) => Some("nacked"),
+        lapin::Confirmation::NotRequested => Some("not confirmed"),
+    };
+    assert!(
+        refused.is_none(),
+        "{corr}: the broker did not queue the message: {refused:?}"
+    );
 }
 
 /// Waits until the journal holds something for `corr` (the consumer is asynchronous).
@@ -722,7 +767,9 @@ async fn wait_amqp_in_up(hub: &TestHub) {
             .as_array()
             .into_iter()
             .flatten()
-            .any(|e| e["id"] == "dms_amqp_in" && e["state"] == "up")
+            // An endpoint never heard from reads `up` too; `last_contact` says the link has
+            // declared its queues and consumes.
+            .any(|e| e["id"] == "dms_amqp_in" && e["state"] == "up" && !e["last_contact"].is_null())
         {
             return;
         }
@@ -734,11 +781,48 @@ async fn wait_amqp_in_up(hub: &TestHub) {
     }
 }
 
+/// Creates campaign `code` for `dealers` (a campaign result is stored only for a known campaign)
+/// and parks its DCS task deliveries: no DCS answers in this test, and their retries would keep
+/// `settle` waiting. As `create_campaign` of the e2e binary, whose module this one cannot share.
+async fn create_campaign(hub: &TestHub, code: &str, dealers: &[&str]) {
+    let mut c = helpers::sample("rest/campaign.request.json");
+    c["campaign_code"] = json!(code);
+    c["dealer_codes"] = json!(dealers);
+    c["target_customers"] = json!(["13700000001"]);
+    let (s, r) = hub.post("/api/v1/campaigns", ADMIN, Some(c)).await;
+    assert_eq!(s, 202, "{r}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, v) = hub.get(&format!("/api/v1/campaigns/{code}"), ADMIN).await;
+        let ids: Vec<i64> = v["dealers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["deliveries"]["dcs_tasks_soap_out"]["delivery_id"].as_i64())
+            .collect();
+        if ids.len() == dealers.len() {
+            for id in ids {
+                let (s, r) = hub
+                    .post(&format!("/api/v1/deliveries/{id}/park"), ADMIN, None)
+                    .await;
+                assert_eq!(s, 200, "{r}");
+            }
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "campaign {code} never assigned: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn amqp_corpus(backend: Backend) {
     // The helper gives this hub exchange and queue names of its own, which expire on the shared
-    // broker (SYNCHUB__ENDPOINTS__DMS_AMQP_*__QUEUE_EXPIRES_MS), so nothing is left behind.
+    // broker (SYNCHUB__ENDPOINTS__DMS_AMQP_*__QUEUE_EXPIRES_MS); `stop` deletes them at the end.
     let hub = TestHub::spawn(backend).await;
     wait_amqp_in_up(&hub).await;
+    create_campaign(&hub, "C2026-12-WINTERCARE", &["D0002"]).await;
     let (_conn, ch) = helpers::amqp_client().await;
     ch.confirm_select(Default::default())
         .await
@@ -816,7 +900,7 @@ async fn amqp_corpus(backend: Backend) {
         &["=cmd|' /C calc'!A0"],
     )
     .await;
-    hub.stop().await;
+    stop(hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1016,7 +1100,7 @@ async fn sftp_corpus(backend: Backend) {
     // Cleansing trims leading tab and CR; the `=` behind them is neutralised.
     assert_extract_neutralised(&hub, "vehicles", "color", &["+SUM(1)", "-2+3", "=2+2"]).await;
     assert_extract_neutralised(&hub, "vehicles", "model", &["=1+1"]).await;
-    hub.stop().await;
+    stop(hub).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -645,7 +645,12 @@ mod tests {
         )) {
             let values: Vec<Value> = items.into_iter().map(|m| Value::Object(m.into_iter().collect())).collect();
             let bytes = serde_json::to_vec(&values).unwrap();
-            let foreign = values.iter().any(|v| v.get("dealer_code").and_then(Value::as_str).is_some_and(|d| d.trim().to_ascii_uppercase() != "D0001"));
+            // As `normalise_dealer` compares: trimmed, ASCII case ignored.
+            let foreign = values.iter().any(|v| {
+                v.get("dealer_code")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| !d.trim().eq_ignore_ascii_case("D0001"))
+            });
             match check(&shared(), PATHS[0].1, &facts(Some("D0001")), &HeaderMap::new(), &body(bytes)) {
                 Ok(records) => {
                     prop_assert!(!foreign);

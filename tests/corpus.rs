@@ -659,6 +659,9 @@ struct AmqpCase {
     rejected: usize,
     field: Option<String>,
     find_key: Option<String>,
+    /// The refused message is journaled cut to its first 64 KiB, marked `amqp.truncated`.
+    #[serde(default)]
+    truncated: bool,
 }
 
 fn amqp_body(c: &AmqpCase) -> Vec<u8> {
@@ -860,6 +863,17 @@ async fn amqp_corpus(backend: Backend) {
             assert!(
                 found.iter().any(|m| m["correlation_id"] == corr.as_str()),
                 "{case}: searching {k} does not find it: {found:#?}"
+            );
+        }
+        if c.truncated {
+            let id = msgs[0]["id"].as_str().expect("id");
+            let (_, d) = hub.get(&format!("/api/v1/messages/{id}"), ADMIN).await;
+            assert_eq!(d["headers"]["amqp.truncated"], "true", "{case}");
+            let kept = d["body"].as_str().map(str::len);
+            assert_eq!(
+                kept,
+                Some(64 * 1024),
+                "{case}: the journal keeps the first 64 KiB of the body"
             );
         }
     }

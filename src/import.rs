@@ -1527,4 +1527,105 @@ mod tests {
                                "owner": {"name": "张三", "mobile": "13900000000"}})
         );
     }
+
+    /// Raw cells as legacy exports write them: padded, full-width, `+86`-prefixed, dates in
+    /// every accepted format, lower-case VINs and ID numbers, or plain noise.
+    fn messy_cell(column: &'static str) -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let full = |s: String| -> String {
+            s.chars()
+                .map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap_or(c))
+                .collect()
+        };
+        let pad = |s: String, p: &str| format!("{p}{s}{p}");
+        let clean: BoxedStrategy<String> = match column {
+            "mobile" | "owner_mobile" => ("1[3-9][0-9]{9}", 0..3usize)
+                .prop_map(|(m, st)| match st {
+                    0 => m,
+                    1 => format!("+86 {m}"),
+                    _ => format!("{}-{}", &m[..3], &m[3..]),
+                })
+                .boxed(),
+            "birth_date" | "sales_date" => (1950i32..2025, 1u32..=12, 1u32..=28, 0..4usize)
+                .prop_map(|(y, m, d, st)| match st {
+                    0 => format!("{y}-{m:02}-{d:02}"),
+                    1 => format!("{y}/{m}/{d}"),
+                    2 => format!("{y}{m:02}{d:02}"),
+                    _ => format!("{y}年{m}月{d}日"),
+                })
+                .boxed(),
+            "vin" => prop::sample::select(vec!["LHGCV3CK9VA118682", "lhglvcwj2ra215148"])
+                .prop_map(str::to_owned)
+                .boxed(),
+            "id_no" | "owner_id_no" => Just("440104199007152511".to_owned()).boxed(),
+            _ => "[a-zA-Z0-9\u{4E00}-\u{4E20} ]{0,10}".boxed(),
+        };
+        (
+            clean,
+            0..3usize,
+            prop_oneof![".{0,6}".boxed(), Just(String::new()).boxed()],
+        )
+            .prop_map(move |(v, st, noise)| match st {
+                0 => v,
+                1 => pad(full(v), "\u{3000}"),
+                _ if column == "name" || column == "owner_name" => format!("{v}{noise}"),
+                _ => pad(v, " "),
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+        /// Cleansing is complete and idempotent: what a valid row cleanses to fires no fix rule
+        /// and validates to itself (normalise(normalise(x)) == normalise(x)).
+        #[test]
+        fn cleansed_rows_need_no_further_fixes(
+            entity in proptest::sample::select(vec![ImportEntity::Customers, ImportEntity::Vehicles]),
+            cells in (
+                messy_cell("name"), messy_cell("mobile"), messy_cell("birth_date"), messy_cell("id_no"),
+                messy_cell("vin"), messy_cell("sales_date"), messy_cell("owner_name"), messy_cell("owner_mobile"),
+            ),
+        ) {
+            let (name, mobile, birth, id_no, vin, sales, owner_name, owner_mobile) = cells;
+            let (header, fields): (Vec<&str>, Vec<String>) = match entity {
+                ImportEntity::Customers => (
+                    vec!["source_ref", "dealer_code", "name", "mobile", "birth_date", "id_no"],
+                    vec!["R1".into(), "d0001".into(), name, mobile, birth, id_no],
+                ),
+                _ => (
+                    vec!["vin", "dealer_code", "sales_date", "owner_name", "owner_mobile"],
+                    vec![vin, "d0001".into(), sales, owner_name, owner_mobile],
+                ),
+            };
+            let header: Vec<String> = header.into_iter().map(String::from).collect();
+            let rec = row_record(entity, &header, &fields);
+            let _ = fixes(&rec);
+            if let Ok(canonical) = validate(entity.schema(), &Value::Object(rec)) {
+                proptest::prop_assert_eq!(fixes(&canonical), Vec::<&str>::new(), "{:?}", canonical);
+                proptest::prop_assert_eq!(
+                    validate(entity.schema(), &Value::Object(canonical.clone())),
+                    Ok(canonical)
+                );
+            }
+        }
+
+        /// Any cells, any header: a record of the header's columns, never a panic.
+        #[test]
+        fn any_row_becomes_a_record_of_its_header(
+            cells in proptest::collection::vec((
+                proptest::sample::select(vec!["name", "mobile", "vin", "owner_name", "owner_mobile", "x"]),
+                ".{0,8}",
+            ), 0..8),
+        ) {
+            let (header, fields): (Vec<String>, Vec<String>) =
+                cells.into_iter().map(|(h, v)| (h.to_owned(), v)).unzip();
+            for entity in ImportEntity::ALL {
+                let rec = row_record(entity, &header, &fields);
+                let _ = fixes(&rec);
+                for k in rec.keys() {
+                    proptest::prop_assert!(header.contains(k) || k == "owner", "{k}");
+                }
+            }
+        }
+    }
 }

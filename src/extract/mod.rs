@@ -377,6 +377,7 @@ fn encode(charset: Charset, text: String) -> Bytes {
 }
 
 /// One change-log row as read.
+#[derive(Clone)]
 pub struct ChangeRow {
     pub seq: i64,
     pub entity_id: String,
@@ -419,23 +420,28 @@ pub fn render(entity: &Entity, format: Format, r: &ChangeRow, out: &mut String) 
                 r.version.to_string(),
             ];
             let mut first = true;
-            let mut cell = |s: &str, out: &mut String| {
+            let mut sep = |out: &mut String| {
                 if !first {
                     out.push(',');
                 }
                 first = false;
-                csv_cell(s, out);
             };
             for m in &meta {
-                cell(m, out);
+                sep(out);
+                csv_cell(m, out);
             }
             for (header, path) in entity.columns {
+                sep(out);
                 if *header == entity.id_field {
-                    cell(&r.entity_id, out);
+                    csv_cell(&r.entity_id, out);
                     continue;
                 }
-                let text = lookup(&data, path).map(cell_text).unwrap_or_default();
-                cell(&text, out);
+                match lookup(&data, path) {
+                    // A JSON number is ours to write: its text is a number (`-5`, `1e-3`) and
+                    // stays one, so numeric columns load as numbers. Only text can be a formula.
+                    Some(Value::Number(n)) => out.push_str(&n.to_string()),
+                    v => csv_cell(&v.map(cell_text).unwrap_or_default(), out),
+                }
             }
             out.push_str("\r\n");
         }
@@ -545,6 +551,16 @@ mod tests {
             "_seq,_op,_changed_at,_version,vin,brand,model,model_year,color,plate_no,engine_no,dealer_code,sales_date,owner_customer_id,owner_name,owner_mobile,owner_id_no\r\n\
              7,upsert,2025-12-01T00:00:00.000Z,2,LHGCV3CK9VA118682,Honda,,,,,,,,,张三,13900000000,\r\n"
         );
+        // Text that looks like a negative number is still text from a partner: neutralised;
+        // a JSON number is written as the number it is.
+        let neg = ChangeRow {
+            data: r#"{"vin":"V","model":"-5","model_year":-5,"owner":{"name":"=1+1"}}"#.into(),
+            ..r.clone()
+        };
+        let mut line = String::new();
+        render(e, Format::Csv, &neg, &mut line);
+        assert!(line.contains(",\"'-5\",-5,"), "{line}");
+        assert!(line.contains(",\"'=1+1\","), "{line}");
         let mut nd = String::new();
         render(e, Format::Ndjson, &r, &mut nd);
         assert_eq!(

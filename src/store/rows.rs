@@ -14,27 +14,39 @@ pub enum Arg {
     Blob(Vec<u8>),
 }
 
+/// PostgreSQL TEXT cannot hold U+0000 (the insert fails, and a refusal or a rejected record
+/// whose source_ref, key or reason carries partner text with a NUL would turn into a 503 that the
+/// partner retries forever). SQLite could store it; both stores keep U+FFFD instead, so they
+/// agree. Record bodies are BLOBs and keep every byte.
+fn no_nul(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
+
 impl From<&str> for Arg {
     fn from(s: &str) -> Arg {
-        Arg::Text(Some(s.to_string()))
+        Arg::Text(Some(no_nul(s.to_string())))
     }
 }
 
 impl From<String> for Arg {
     fn from(s: String) -> Arg {
-        Arg::Text(Some(s))
+        Arg::Text(Some(no_nul(s)))
     }
 }
 
 impl From<Option<String>> for Arg {
     fn from(s: Option<String>) -> Arg {
-        Arg::Text(s)
+        Arg::Text(s.map(no_nul))
     }
 }
 
 impl From<Option<&str>> for Arg {
     fn from(s: Option<&str>) -> Arg {
-        Arg::Text(s.map(str::to_string))
+        Arg::Text(s.map(|s| no_nul(s.to_string())))
     }
 }
 

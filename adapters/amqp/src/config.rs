@@ -30,6 +30,9 @@ pub struct Binding {
     pub record_type: String,
 }
 
+/// Default [`AmqpConfig::max_body_bytes`]: 10 MiB, the REST API's limit (INTERFACES §1).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
     /// The endpoint id (journal rows, status, connection name).
@@ -53,6 +56,11 @@ pub struct AmqpConfig {
     pub bindings: Vec<Binding>,
     /// Inbound: unacknowledged messages the broker may hand over at once (QoS prefetch).
     pub prefetch: u16,
+    /// Inbound: the largest message body journaled and parsed (as the REST API's body limit).
+    /// A larger one is journaled as refused with its first [`crate::inbound::REFUSED_BODY_BYTES`]
+    /// and acked: with `prefetch` messages in flight, unbounded bodies would let one DMS
+    /// exhaust the hub's memory and fill the journal.
+    pub max_body_bytes: usize,
     /// Inbound: first pause of consuming after the journal refused a message (doubles while it
     /// keeps refusing, up to a minute).
     pub journal_pause: Duration,
@@ -90,6 +98,7 @@ impl AmqpConfig {
             queue_expires: None,
             bindings: Vec::new(),
             prefetch: 256,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             journal_pause: Duration::from_millis(500),
             routing_key: "dealer.{dealer_code}.{kind}".into(),
             confirm_timeout: Duration::from_secs(10),

@@ -29,6 +29,10 @@ use crate::link::{Link, Session};
 /// Most records one message may carry (as a REST request).
 pub const MAX_RECORDS: usize = 1000;
 
+/// How much of a message refused as too large is journaled: enough for an operator to see what
+/// it was and who sent it.
+pub const REFUSED_BODY_BYTES: usize = 64 * 1024;
+
 pub struct AmqpInbound {
     link: Arc<Link>,
     inbox: Arc<dyn Inbox>,
@@ -237,7 +241,7 @@ impl AmqpInbound {
         let mut at = Vec::new();
         for d in burst {
             let tag = d.delivery_tag;
-            let (env, parsed) = envelope(&cfg.endpoint, &cfg.system, b, d);
+            let (env, parsed) = envelope(&cfg.endpoint, &cfg.system, cfg.max_body_bytes, b, d);
             match parsed {
                 Parsed::Records(records) => {
                     at.push(results.len());
@@ -320,9 +324,21 @@ fn header_text(headers: &Option<FieldTable>, name: &str) -> Option<String> {
 }
 
 /// The envelope of one AMQP message, and its records or the reason it is refused as a whole.
-fn envelope(endpoint: &str, system: &str, b: &Binding, d: Delivery) -> (Envelope, Parsed) {
+fn envelope(
+    endpoint: &str,
+    system: &str,
+    max_body_bytes: usize,
+    b: &Binding,
+    d: Delivery,
+) -> (Envelope, Parsed) {
     let props = &d.properties;
-    let mut env = Envelope::new(endpoint, ContentType::Json, Bytes::from(d.data));
+    let size = d.data.len();
+    let mut data = d.data;
+    let too_large = size > max_body_bytes;
+    if too_large {
+        data.truncate(REFUSED_BODY_BYTES);
+    }
+    let mut env = Envelope::new(endpoint, ContentType::Json, Bytes::from(data));
     env.correlation_id = props
         .correlation_id()
         .as_ref()
@@ -343,6 +359,18 @@ fn envelope(endpoint: &str, system: &str, b: &Binding, d: Delivery) -> (Envelope
     if let Some(app) = props.app_id() {
         env.headers
             .insert("amqp.app_id".into(), app.as_str().to_string());
+    }
+    if too_large {
+        env.headers.insert("amqp.truncated".into(), "true".into());
+        return (
+            env,
+            Parsed::Refused {
+                code: "payload_too_large",
+                reason: format!(
+                    "message body of {size} bytes exceeds {max_body_bytes} bytes; the journal keeps its first {REFUSED_BODY_BYTES}"
+                ),
+            },
+        );
     }
     let value: Value = match serde_json::from_slice(&env.body) {
         Ok(v) => v,

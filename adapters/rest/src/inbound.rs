@@ -514,6 +514,7 @@ fn unavailable() -> Response {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use proptest::prelude::*;
     use uuid::Uuid;
 
     #[test]
@@ -578,6 +579,94 @@ mod tests {
         let r = read_bounded(Body::from("0123"), 4).await;
         assert!(matches!(r.end, BodyEnd::Complete));
         assert_eq!(&r.bytes[..], b"0123");
+    }
+
+    fn shared() -> Shared {
+        Shared {
+            endpoint_id: "partners_rest_in".into(),
+            max_body_bytes: 1 << 20,
+            max_records: 1000,
+            keys: HashMap::new(),
+            inbox: Arc::new(synchub_adapter_sdk::testkit::FakeInbox::new()),
+        }
+    }
+
+    fn facts(dealer: Option<&str>) -> RequestFacts {
+        RequestFacts {
+            path: PATH_DMS_CUSTOMERS.into(),
+            method: "POST".into(),
+            remote_addr: None,
+            content_type: Some("application/json".into()),
+            correlation_id: "c".into(),
+            principal: Some(Principal {
+                system: "dms".into(),
+                dealer_code: dealer.map(str::to_owned),
+            }),
+        }
+    }
+
+    fn body(bytes: Vec<u8>) -> BodyRead {
+        BodyRead {
+            bytes: Bytes::from(bytes),
+            end: BodyEnd::Complete,
+        }
+    }
+
+    fn json_leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+            prop::sample::select(vec!["D0001", " d0001 ", "D0002"]).prop_map(Value::from),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Whatever the bytes, the answer is a refusal or records, never a panic.
+        #[test]
+        fn arbitrary_bodies_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let kind = PATHS[0].1;
+            let _ = check(&shared(), kind, &facts(Some("D0001")), &HeaderMap::new(), &body(bytes));
+        }
+
+        /// Every element of an array becomes one record with its index and source_ref, unless
+        /// a record of another dealer refuses the whole request.
+        #[test]
+        fn records_are_echoed_in_order(items in proptest::collection::vec(
+            proptest::collection::btree_map(
+                proptest::sample::select(vec!["source_ref", "dealer_code", "name", "x"]).prop_map(str::to_owned),
+                json_leaf(),
+                0..4,
+            ),
+            1..20,
+        )) {
+            let values: Vec<Value> = items.into_iter().map(|m| Value::Object(m.into_iter().collect())).collect();
+            let bytes = serde_json::to_vec(&values).unwrap();
+            // As `normalise_dealer` compares: trimmed, ASCII case ignored.
+            let foreign = values.iter().any(|v| {
+                v.get("dealer_code")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| !d.trim().eq_ignore_ascii_case("D0001"))
+            });
+            match check(&shared(), PATHS[0].1, &facts(Some("D0001")), &HeaderMap::new(), &body(bytes)) {
+                Ok(records) => {
+                    prop_assert!(!foreign);
+                    prop_assert_eq!(records.len(), values.len());
+                    for (i, (r, v)) in records.iter().zip(&values).enumerate() {
+                        prop_assert_eq!(r.index, i);
+                        prop_assert_eq!(r.source_ref.as_deref(), v.get("source_ref").and_then(Value::as_str));
+                        prop_assert_eq!(r.body.as_ref().ok(), Some(v));
+                    }
+                }
+                Err(refusal) => {
+                    prop_assert!(foreign);
+                    prop_assert_eq!(refusal.code, "dealer_mismatch");
+                }
+            }
+        }
     }
 
     #[test]

@@ -249,7 +249,10 @@ pub(crate) async fn put_small(conn: &Connection, path: &str, data: &[u8]) -> Res
 
 /// Header-ordered CSV from JSON objects: the header is the union of keys in first-seen order;
 /// strings are written as-is, other scalars in their JSON form, `null` as empty, nested values
-/// as JSON text. Fields are quoted when they contain a delimiter, quote or line break.
+/// as JSON text. Fields are quoted when they contain a delimiter, quote or line break. A string
+/// a spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`, tab or CR, OWASP CSV
+/// injection) gets a leading `'`: analysts open these files in Excel, and the text came from
+/// partners. Numbers are ours to write and stay numbers (`-5`).
 pub fn objects_to_csv(objects: &[serde_json::Map<String, serde_json::Value>]) -> Vec<u8> {
     let mut columns: Vec<&str> = Vec::new();
     let mut index: BTreeMap<&str, usize> = BTreeMap::new();
@@ -271,12 +274,20 @@ pub fn objects_to_csv(objects: &[serde_json::Map<String, serde_json::Value>]) ->
             &mut out,
             columns.iter().map(|c| match o.get(*c) {
                 None | Some(serde_json::Value::Null) => std::borrow::Cow::Borrowed(""),
+                Some(serde_json::Value::String(s)) if is_formula(s) => {
+                    std::borrow::Cow::Owned(format!("'{s}"))
+                }
                 Some(serde_json::Value::String(s)) => std::borrow::Cow::Borrowed(s.as_str()),
                 Some(v) => std::borrow::Cow::Owned(v.to_string()),
             }),
         );
     }
     out
+}
+
+/// Whether a spreadsheet would evaluate a cell starting like `s`.
+fn is_formula(s: &str) -> bool {
+    s.starts_with(['=', '+', '-', '@', '\t', '\r'])
 }
 
 fn write_record<'a>(out: &mut Vec<u8>, fields: impl Iterator<Item = std::borrow::Cow<'a, str>>) {
@@ -318,6 +329,15 @@ mod tests {
         assert_eq!(
             csv,
             "vin,n,note,extra,x\nV1,1,\"a,\"\"b\"\"\",,\nV2,,,,\"{\"\"k\"\":true}\"\n"
+        );
+        let risky: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(
+            r#"[{"a":"=cmd|' /C calc'!A0","b":"+1","c":"-1","d":-1,"e":"@x","f":"\tx","g":"\rx","h":"a=b"}]"#,
+        )
+        .unwrap();
+        let neutral = String::from_utf8(objects_to_csv(&risky)).unwrap();
+        assert_eq!(
+            neutral,
+            "a,b,c,d,e,f,g,h\n'=cmd|' /C calc'!A0,'+1,'-1,-1,'@x,'\tx,\"'\rx\",a=b\n"
         );
         // And our own reader reads it back.
         let lines: Vec<&str> = csv.lines().collect();

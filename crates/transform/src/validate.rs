@@ -321,7 +321,12 @@ fn cleanse_field(
         Kind::CodeList => return cleanse_list(value, path, errors, code_item, true),
         Kind::CustomerList => return cleanse_list(value, path, errors, customer_item, false),
     };
-    let outcome = field_text(scalar_kind, value).and_then(|text| {
+    let max = if path.name == "source_ref" {
+        MAX_REF_CHARS
+    } else {
+        MAX_TEXT_CHARS
+    };
+    let outcome = field_text(scalar_kind, value, max).and_then(|text| {
         text.map(|text| cleanse_scalar(scalar_kind, &text))
             .transpose()
     });
@@ -335,10 +340,33 @@ fn cleanse_field(
     }
 }
 
+/// Longest text a field may hold after cleaning. Partner systems store names and addresses in
+/// columns of a few hundred characters; a longer value is a broken export or an attack, and
+/// taking it would only move the failure to every system the record fans out to.
+pub const MAX_TEXT_CHARS: usize = 1000;
+/// Longest `source_ref`: it is the idempotency key and a search key, both indexed (a PostgreSQL
+/// index entry holds at most 2,704 bytes).
+pub const MAX_REF_CHARS: usize = 128;
+
+/// The cleaned text of a partner string, or why it cannot be a field value: a NUL character
+/// (never meaningful in text, and PostgreSQL cannot store it) or more than `max` characters.
+/// Neither reason echoes the value.
+fn checked_text(s: &str, max: usize) -> Result<String, String> {
+    if s.contains('\0') {
+        return Err("contains a NUL character (U+0000), which no text field may hold".into());
+    }
+    let text = cleanse::clean_text(s);
+    let n = text.chars().count();
+    if n > max {
+        return Err(format!("longer than {max} characters ({n})"));
+    }
+    Ok(text)
+}
+
 /// A scalar field's cleaned text; `None` when empty after cleaning, which counts as missing.
-fn field_text(kind: Scalar, value: &Value) -> Result<Option<String>, String> {
+fn field_text(kind: Scalar, value: &Value, max: usize) -> Result<Option<String>, String> {
     match value {
-        Value::String(s) => Ok(non_empty(cleanse::clean_text(s))),
+        Value::String(s) => checked_text(s, max).map(non_empty),
         // Spreadsheets and some DMS exports write phone and ID numbers, and years, as JSON
         // numbers. Their decimal text is then validated like any string.
         Value::Number(n) if matches!(kind, Scalar::Mobile | Scalar::IdNo | Scalar::ModelYear) => {
@@ -493,9 +521,11 @@ fn cleanse_list(
     let mut seen = std::collections::HashSet::new();
     for (i, element) in items.iter().enumerate() {
         let cleaned = match element {
-            Value::String(s) => non_empty(cleanse::clean_text(s))
-                .ok_or_else(|| "expected a non-empty string".to_owned())
-                .map(item),
+            Value::String(s) => checked_text(s, MAX_TEXT_CHARS).and_then(|t| {
+                non_empty(t)
+                    .ok_or_else(|| "expected a non-empty string".to_owned())
+                    .map(item)
+            }),
             other => Err(format!("expected a string, got {}", type_name(other))),
         };
         match cleaned {

@@ -212,28 +212,39 @@ impl Target {
         }
     }
 
-    async fn start(&self) -> Child {
-        let mut child = self.spawn();
-        self.wait_ready(&mut child).await;
+    async fn start(&self) -> Proc {
+        let mut child = Proc(self.spawn());
+        self.wait_ready(&mut child.0).await;
         child
     }
 }
 
-/// Graceful stop (SIGTERM), SIGKILL after 20 s.
-fn stop(mut child: Child) {
+/// A system under test; killed when dropped, so a failing phase leaves no hub or Node-RED
+/// behind holding its port and broker connection.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Graceful stop (SIGTERM), SIGKILL (by the drop) after 20 s.
+fn stop(mut child: Proc) {
     let _ = Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status();
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(20) {
-        if let Ok(Some(_)) = child.try_wait() {
+        if let Ok(Some(_)) = child.0.try_wait() {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// One customer record, written as text: the generator shares the two cores with the system
@@ -381,7 +392,7 @@ struct Throughput {
 async fn throughput(t: &Target, seen: &Seen, clients: usize, secs: f64) -> Throughput {
     t.prepare();
     let child = t.start().await;
-    let pid = child.id();
+    let pid = child.0.id();
     // Warm-up: connections, JIT (Node-RED), SQLite pages; not counted.
     let warm = closed_loop(
         &t.base(),
@@ -434,8 +445,8 @@ async fn sigkill(t: &Target, seen: &Seen, clients: usize, secs: f64, kill_at: f6
     });
     tokio::time::sleep(Duration::from_secs_f64(kill_at)).await;
     let mut child = child;
-    let _ = child.kill(); // SIGKILL
-    let _ = child.wait();
+    let _ = child.0.kill(); // SIGKILL
+    let _ = child.0.wait();
     let down = Instant::now();
     let child = t.start().await;
     let down_secs = down.elapsed().as_secs_f64();
@@ -547,24 +558,27 @@ impl Broker {
         })
     }
 
-    /// Deletes the test queue and what the hub declared under the bench's prefix.
+    /// Deletes the test queue and what the hub declared under the bench's prefix. Each on a
+    /// channel of its own: deleting something already gone (an expired queue) closes the
+    /// channel, and must not leave the rest behind.
     async fn cleanup(self) {
-        let _ = self
-            .ch
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
         let dlq = format!("{}synchub.dead-letter", self.prefix);
-        let _ = self
-            .ch
-            .queue_delete(dlq.as_str().into(), QueueDeleteOptions::default())
-            .await;
+        for q in [self.queue.as_str(), dlq.as_str()] {
+            if let Ok(ch) = self.conn.create_channel().await {
+                let _ = ch
+                    .queue_delete(q.into(), QueueDeleteOptions::default())
+                    .await;
+            }
+        }
         for x in ["synchub.dealer", "synchub.inbound", "synchub.dead-letter"] {
             let name = format!("{}{x}", self.prefix);
-            let _ = self
-                .ch
-                .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
+            if let Ok(ch) = self.conn.create_channel().await {
+                let _ = ch
+                    .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
+                    .await;
+            }
         }
+        let _ = self.ch.close(200, "bench done".into()).await;
         let _ = self.conn.close(200, "bench done".into()).await;
     }
 }
@@ -618,16 +632,26 @@ async fn main() {
     println!(
         "bench/compare: {clients} closed-loop clients, {secs:.0} s per system, 1 customer record per request, quorum test queue (prefix {prefix})"
     );
-    let mut results = Vec::new();
-    for t in &targets {
-        eprintln!("[compare] {}: throughput phase", t.system.name());
-        let thr = throughput(t, &seen, clients, secs).await;
-        eprintln!("[compare] {}: SIGKILL phase", t.system.name());
-        let kill = sigkill(t, &seen, clients, kill_secs, kill_secs / 3.0).await;
-        results.push((t.system, thr, kill));
-    }
+    // The phases run in a task of their own so that a failing one still lets the broker be
+    // cleaned up before the panic is passed on.
+    let phases = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            let mut results = Vec::new();
+            for t in &targets {
+                eprintln!("[compare] {}: throughput phase", t.system.name());
+                let thr = throughput(t, &seen, clients, secs).await;
+                eprintln!("[compare] {}: SIGKILL phase", t.system.name());
+                let kill = sigkill(t, &seen, clients, kill_secs, kill_secs / 3.0).await;
+                results.push((t.system, thr, kill));
+            }
+            results
+        }
+    })
+    .await;
     drainer.abort();
     broker.cleanup().await;
+    let results = phases.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
 
     println!();
     println!(

@@ -218,8 +218,10 @@ async fn endpoints(_op: Operator, State(st): State<AppState>) -> Result<Json<Val
 pub(crate) async fn endpoint_views(st: &AppState) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
     for (id, kind) in st.endpoints.iter() {
+        // Nothing heard from it yet (no traffic, no connection, no health check): "up" would
+        // tell the operator, and a script waiting for a broker link, more than is known.
         let mut s = st.endpoint_state.get(id).unwrap_or(EndpointState {
-            state: "up",
+            state: "unknown",
             ..Default::default()
         });
         if st.sftp.is_disabled(id) {

@@ -58,14 +58,7 @@ impl<'r> LeadCtx<'r> {
 
 /// Takes the distribution lock on PostgreSQL (a no-op on SQLite).
 pub async fn lock_distribution(conn: &mut AnyConnection) -> Result<(), StoreError> {
-    if conn.backend_name().eq_ignore_ascii_case("postgresql") {
-        // Wrapped in a SELECT of a constant: the Any driver cannot decode `void`.
-        sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l")
-            .bind(DISTRIBUTION_LOCK)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+    crate::store::advisory_xact_lock(conn, DISTRIBUTION_LOCK).await
 }
 
 /// A time in the rules' business timezone, as partners get it (`2026-11-25T10:02:11+08:00`).

@@ -703,12 +703,7 @@ pub async fn seed_demo_dealers(conn: &mut AnyConnection) -> Result<u32, StoreErr
     };
     // Instances of one deployment start together: without the lock two of them both find a
     // dealer missing and the second insert fails its start (seen in the scale-out test).
-    if conn.backend_name().eq_ignore_ascii_case("postgresql") {
-        sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l")
-            .bind(SEED_LOCK)
-            .execute(&mut *conn)
-            .await?;
-    }
+    crate::store::advisory_xact_lock(conn, SEED_LOCK).await?;
     let mut created = 0;
     for (code, name, region, province, city) in demo {
         let exists = sqlx::query("SELECT 1 FROM crm_records WHERE entity = 'dealer' AND id = $1")

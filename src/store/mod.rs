@@ -176,6 +176,23 @@ impl Store {
     }
 }
 
+/// Takes PostgreSQL advisory lock `key` until the transaction ends (a no-op on SQLite, whose
+/// single writer already serialises), for read-decide-write steps that instances sharing one
+/// database must not interleave.
+pub async fn advisory_xact_lock(
+    conn: &mut sqlx::AnyConnection,
+    key: i64,
+) -> Result<(), StoreError> {
+    if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+        // Wrapped in a SELECT of a constant: the Any driver cannot decode `void`.
+        sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+            .bind(key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Current time in epoch milliseconds, the store's time unit.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

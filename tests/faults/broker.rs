@@ -9,82 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use serde_json::{Value, json};
 use sqlx::Row;
 use tokio::sync::Mutex;
 
 use crate::fixture::{self, Hub, Rabbit, Tree};
 
 const BATCH: usize = 50;
-
-/// A test route: customers a DMS posts also go to that dealer's DMS queue (REST in → journal →
-/// publish with confirms), the flow whose publishing the crash interrupts.
-const ROUTE: &str = "from = \"partners_rest_in\"\nrecord_type = \"dms_customer\"\n\
-    validate = \"dms_customer\"\nto = [\"dms_amqp_out\"]\nlane_key = \"mobile\"\n\
-    headers = { kind = \"customer\" }\n\
-    [retry]\nmax_attempts = 1000\nbackoff_ms = 200\nmax_backoff_ms = 2000\n";
-
-fn customers(from: usize, n: usize) -> Value {
-    Value::Array(
-        (from..from + n)
-            .map(|i| {
-                json!({
-                    "source_ref": format!("FLT-C-{i}"),
-                    "dealer_code": "D0001",
-                    "name": "王小明",
-                    "mobile": format!("138{:08}", i),
-                })
-            })
-            .collect(),
-    )
-}
-
-/// The DMS side: a durable queue bound to the dealer's routing keys, so it survives the crash.
-async fn dms_queue(url: &str, prefix: &str) -> String {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .expect("connect to the private broker");
-    let ch = conn.create_channel().await.expect("channel");
-    let exchange = format!("{prefix}synchub.dealer");
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare the dealer exchange");
-    let q = format!("{prefix}dms.D0001");
-    ch.queue_declare(
-        q.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare the DMS queue");
-    ch.queue_bind(
-        q.as_str().into(),
-        exchange.as_str().into(),
-        "dealer.D0001.#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("bind the DMS queue");
-    let _ = conn.close(200, "done".into()).await;
-    q
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_killed_mid_stream_loses_and_doubles_nothing() {
@@ -96,9 +27,18 @@ async fn broker_killed_mid_stream_loses_and_doubles_nothing() {
     };
     let rabbit = Rabbit::start().await;
     let prefix = fixture::amqp_prefix();
-    let queue = dms_queue(&rabbit.url(), &prefix).await;
+    let queue = {
+        let conn = Connection::connect(&rabbit.url(), ConnectionProperties::default())
+            .await
+            .expect("connect to the private broker");
+        let ch = conn.create_channel().await.expect("channel");
+        fixture::dms_queue(&ch, &prefix).await
+    };
     let tree = Tree::shipped();
-    tree.write("routes/fault_customers_to_dms.toml", ROUTE);
+    tree.write(
+        "routes/fault_customers_to_dms.toml",
+        fixture::CUSTOMERS_TO_DMS_ROUTE,
+    );
     let mut env = vec![("SYNCHUB__STORE__URL".to_owned(), tree.sqlite_url())];
     env.extend(fixture::amqp_env(&prefix, Some(&rabbit.url())));
     // Classic durable queues: a quorum queue declared moments before a SIGKILL of a single
@@ -141,7 +81,7 @@ async fn broker_killed_mid_stream_loses_and_doubles_nothing() {
                     &base,
                     "/api/v1/dms/customers",
                     "demo-dms-D0001",
-                    &customers(b * BATCH, BATCH),
+                    &fixture::dms_customers("FLT-C", 138, b * BATCH, BATCH),
                     Duration::from_secs(120),
                 )
                 .await;
@@ -210,24 +150,7 @@ async fn broker_killed_mid_stream_loses_and_doubles_nothing() {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let mut ids_by_ref: HashMap<String, HashSet<String>> = HashMap::new();
-    let mut copies = 0usize;
-    while let Some(m) = ch
-        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("basic.get")
-    {
-        copies += 1;
-        let body: Value = serde_json::from_slice(&m.delivery.data).expect("JSON body");
-        let sr = body["source_ref"].as_str().unwrap_or_default().to_owned();
-        let id = m
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.as_str().to_owned())
-            .expect("message_id set");
-        ids_by_ref.entry(sr).or_default().insert(id);
-    }
+    let copies = fixture::drain_dms(&ch, &queue, &mut ids_by_ref).await;
     let accepted = accepted.lock().await.clone();
     assert_eq!(accepted.len(), records);
     let missing: Vec<&String> = accepted

@@ -137,9 +137,19 @@ async fn disk_full_refuses_with_503_and_recovers_when_space_returns() {
         "a 503 tells the partner when to come back"
     );
     assert!(!body.is_empty(), "the 503 says why");
-    // Still refused, and still up: a partner resending meanwhile gets 503 every time.
+    // Still up, and still honest: a partner resending meanwhile gets 503, or 202 when a
+    // rolled-back write left SQLite room for a smaller commit (seen under load). Such a 202 was
+    // committed: it is checked in the CRM store with the others below.
     for _ in 0..5 {
-        assert_eq!(post(next).await.status(), 503);
+        let r = post(next).await;
+        match r.status().as_u16() {
+            503 => {}
+            202 => {
+                fixture::record_accepted(&r.json().await.unwrap(), &accepted).await;
+                next += BATCH;
+            }
+            s => panic!("a full disk must be a 503, not {s}"),
+        }
     }
     assert!(hub.is_running(), "the hub survives a full disk");
 

@@ -435,26 +435,8 @@ pub async fn post_until_accepted(
     body: &Value,
     give_up: Duration,
 ) -> Value {
-    let deadline = Instant::now() + give_up;
-    loop {
-        match client
-            .post(format!("{base}{path}"))
-            .header("X-Api-Key", key)
-            .json(body)
-            .send()
-            .await
-        {
-            Ok(r) if r.status() == 202 => return r.json().await.expect("202 body is JSON"),
-            Ok(r) if r.status() == 503 => {}
-            Ok(r) => {
-                let s = r.status();
-                panic!("unexpected {s}: {}", r.text().await.unwrap_or_default())
-            }
-            Err(_) => {}
-        }
-        assert!(Instant::now() < deadline, "no 202 for a resent batch");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    post_until_accepted_counting(client, base, path, key, body, give_up, &refused).await
 }
 
 /// A fresh name prefix for a hub's AMQP exchanges and queues.
@@ -760,4 +742,105 @@ pub async fn publish_results(
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await
+}
+
+/// A test route: customers a DMS posts also go to that dealer's DMS queue (REST in → journal →
+/// publish with confirms), the flow the broker and scale-out scenarios load.
+pub const CUSTOMERS_TO_DMS_ROUTE: &str = "from = \"partners_rest_in\"\nrecord_type = \"dms_customer\"\n\
+    validate = \"dms_customer\"\nto = [\"dms_amqp_out\"]\nlane_key = \"mobile\"\n\
+    headers = { kind = \"customer\" }\n\
+    [retry]\nmax_attempts = 1000\nbackoff_ms = 200\nmax_backoff_ms = 2000\n";
+
+/// `n` customers of D0001 as its DMS posts them, `source_ref` = `<tag>-<i>`, mobiles
+/// `<mobile_prefix><i:08>` (a prefix per batch of people keeps CRM counts exact).
+pub fn dms_customers(tag: &str, mobile_prefix: u32, from: usize, n: usize) -> Value {
+    Value::Array(
+        (from..from + n)
+            .map(|i| {
+                serde_json::json!({
+                    "source_ref": format!("{tag}-{i}"),
+                    "dealer_code": "D0001",
+                    "name": "王小明",
+                    "mobile": format!("{mobile_prefix}{i:08}"),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The machine's RabbitMQ (the scenarios that do not crash the broker share it).
+pub fn shared_amqp_url() -> String {
+    std::env::var("SYNCHUB_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// D0001's DMS queue `<prefix>dms.D0001`, bound to the hub's dealer exchange: durable, so it
+/// survives a broker crash, and expiring when idle, so nothing piles up on a shared broker.
+pub async fn dms_queue(ch: &lapin::Channel, prefix: &str) -> String {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let exchange = format!("{prefix}synchub.dealer");
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("declare the dealer exchange");
+    let q = format!("{prefix}dms.D0001");
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
+    ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .expect("declare the DMS queue");
+    ch.queue_bind(
+        q.as_str().into(),
+        exchange.as_str().into(),
+        "dealer.D0001.#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("bind the DMS queue");
+    q
+}
+
+/// Empties the DMS queue into `into` (message ids per source_ref); returns the copies taken.
+pub async fn drain_dms(
+    ch: &lapin::Channel,
+    q: &str,
+    into: &mut std::collections::HashMap<String, std::collections::HashSet<String>>,
+) -> usize {
+    use lapin::options::BasicGetOptions;
+    let mut copies = 0;
+    while let Some(m) = ch
+        .basic_get(q.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+    {
+        copies += 1;
+        let body: Value = serde_json::from_slice(&m.delivery.data).expect("JSON body");
+        let id = m
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str().to_owned())
+            .expect("message_id set");
+        into.entry(body["source_ref"].as_str().unwrap_or_default().to_owned())
+            .or_default()
+            .insert(id);
+    }
+    copies
 }

@@ -3,17 +3,12 @@
 //! SIGKILLed mid-load the others take over its claimed deliveries once its lease runs out;
 //! nothing is lost.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
-use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::fixture::{self, Hub, Tree};
@@ -21,90 +16,6 @@ use crate::fixture::{self, Hub, Tree};
 const BATCH: usize = 25;
 const CLIENTS: usize = 6;
 const LEASE_SECS: u64 = 5;
-
-/// Customers a DMS posts go to the CRM and to that dealer's DMS queue.
-const ROUTE: &str = "from = \"partners_rest_in\"\nrecord_type = \"dms_customer\"\n\
-    validate = \"dms_customer\"\nto = [\"dms_amqp_out\"]\nlane_key = \"mobile\"\n\
-    headers = { kind = \"customer\" }\n\
-    [retry]\nmax_attempts = 1000\nbackoff_ms = 200\nmax_backoff_ms = 2000\n";
-
-fn customers(tag: &str, from: usize, n: usize) -> Value {
-    Value::Array(
-        (from..from + n)
-            .map(|i| {
-                json!({
-                    "source_ref": format!("{tag}-{i}"),
-                    "dealer_code": "D0001",
-                    "name": "王小明",
-                    // Each part its own people, so the CRM count below is exact.
-                    "mobile": format!("{}{:08}", if tag.ends_with('A') { 137 } else { 136 }, i),
-                })
-            })
-            .collect(),
-    )
-}
-
-/// The shared broker's test queue for D0001 (expires when idle, nothing piles up).
-async fn dms_queue(prefix: &str) -> (Connection, lapin::Channel, String) {
-    let url = std::env::var("SYNCHUB_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let conn = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .unwrap_or_else(|e| panic!("RabbitMQ is required on {url}: {e}"));
-    let ch = conn.create_channel().await.expect("channel");
-    let exchange = format!("{prefix}synchub.dealer");
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare the dealer exchange");
-    let q = format!("{prefix}dms.D0001");
-    let mut args = FieldTable::default();
-    args.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
-        .await
-        .expect("declare the DMS queue");
-    ch.queue_bind(
-        q.as_str().into(),
-        exchange.as_str().into(),
-        "dealer.D0001.#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("bind");
-    (conn, ch, q)
-}
-
-/// Drains the DMS queue: message ids per source_ref, and the number of copies.
-async fn drain(ch: &lapin::Channel, q: &str, into: &mut HashMap<String, HashSet<String>>) -> usize {
-    let mut copies = 0;
-    while let Some(m) = ch
-        .basic_get(q.into(), BasicGetOptions { no_ack: true })
-        .await
-        .expect("basic.get")
-    {
-        copies += 1;
-        let body: Value = serde_json::from_slice(&m.delivery.data).expect("JSON");
-        let id = m
-            .delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.as_str().to_owned())
-            .expect("message_id");
-        into.entry(body["source_ref"].as_str().unwrap_or_default().to_owned())
-            .or_default()
-            .insert(id);
-    }
-    copies
-}
 
 /// Delivered DMS messages this instance counted on its /metrics.
 async fn delivered_by(hub: &Hub) -> f64 {
@@ -174,7 +85,9 @@ async fn load(
                 if n >= batches {
                     return;
                 }
-                let body = customers(tag, n * BATCH, BATCH);
+                // Each part its own people, so the CRM count below is exact.
+                let mobiles = if tag.ends_with('A') { 137 } else { 136 };
+                let body = fixture::dms_customers(tag, mobiles, n * BATCH, BATCH);
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
                     turn += 1;
@@ -212,9 +125,21 @@ async fn three_instances_share_the_load_and_survive_losing_one() {
     let records = if fixture::soak() { 60_000 } else { 6_000 };
     let db = fixture::PgDb::create().await;
     let prefix = fixture::amqp_prefix();
-    let (_conn, ch, queue) = dms_queue(&prefix).await;
+    let conn = Connection::connect(&fixture::shared_amqp_url(), ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "RabbitMQ is required on {}: {e}",
+                fixture::shared_amqp_url()
+            )
+        });
+    let ch = conn.create_channel().await.expect("channel");
+    let queue = fixture::dms_queue(&ch, &prefix).await;
     let tree = Tree::shipped();
-    tree.write("routes/fault_customers_to_dms.toml", ROUTE);
+    tree.write(
+        "routes/fault_customers_to_dms.toml",
+        fixture::CUSTOMERS_TO_DMS_ROUTE,
+    );
     let mut hubs: Vec<Hub> = (0..3)
         .map(|i| {
             let mut env = vec![
@@ -245,7 +170,7 @@ async fn three_instances_share_the_load_and_survive_losing_one() {
     assert_eq!(accepted.len(), first);
     wait_open_zero(&pool, 300).await;
     let mut ids = HashMap::new();
-    let copies = drain(&ch, &queue, &mut ids).await;
+    let copies = fixture::drain_dms(&ch, &queue, &mut ids).await;
     assert_eq!(
         copies, first,
         "with every instance alive no delivery is sent twice"
@@ -276,7 +201,7 @@ async fn three_instances_share_the_load_and_survive_losing_one() {
     );
     wait_open_zero(&pool, 300).await;
     let mut ids = HashMap::new();
-    let copies = drain(&ch, &queue, &mut ids).await;
+    let copies = fixture::drain_dms(&ch, &queue, &mut ids).await;
     let missing = accepted.keys().filter(|sr| !ids.contains_key(*sr)).count();
     assert_eq!(missing, 0, "accepted records lost with the killed instance");
     assert_eq!(ids.len(), rest);

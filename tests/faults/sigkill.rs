@@ -15,29 +15,12 @@ use tokio::sync::Mutex;
 
 use crate::fixture::{self, Hub, Tree};
 
+#[path = "../support/vin.rs"]
+mod vin;
+use vin::vin_check;
+
 const VEHICLES_EP: &str = "osm_vehicles_sftp_in";
 pub(crate) const VEHICLE_HEADER: &str = "vin,brand,model,model_year,color,plate_no,engine_no,dealer_code,sales_date,owner_name,owner_mobile,owner_id_no";
-
-/// ISO 3779 check digit (position 9) of a VIN.
-fn vin_check(vin: &[u8; 17]) -> u8 {
-    const WEIGHTS: [u32; 17] = [8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2];
-    let value = |c: u8| -> u32 {
-        match c {
-            b'0'..=b'9' => u32::from(c - b'0'),
-            b'A'..=b'H' => u32::from(c - b'A') + 1,
-            b'J'..=b'N' => u32::from(c - b'J') + 1,
-            b'P' => 7,
-            b'R' => 9,
-            b'S'..=b'Z' => u32::from(c - b'S') + 2,
-            _ => panic!("not a VIN character: {c}"),
-        }
-    };
-    let sum: u32 = vin.iter().zip(WEIGHTS).map(|(c, w)| value(*c) * w).sum();
-    match sum % 11 {
-        10 => b'X',
-        d => b'0' + d as u8,
-    }
-}
 
 /// VIN `n` of source `src` (one letter keeps SOAP and SFTP vehicles apart).
 pub(crate) fn vin(src: char, n: usize) -> String {

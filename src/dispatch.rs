@@ -5,12 +5,12 @@
 //! This is the only place in synchub that decides about retries.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
 use synchub_adapter_sdk::{ContentType, Delivery, Outbound, Outcome};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use crate::crm::{self, CrmFailure};
 use crate::pipeline::Pipeline;
@@ -22,6 +22,8 @@ use crate::telemetry::metrics_names as m;
 
 /// Most CRM-store deliveries applied in one write transaction.
 const CRM_BATCH: i64 = 64;
+/// CRM batches applied at once.
+const CRM_WORKERS: usize = 2;
 
 pub struct Dispatcher {
     store: Store,
@@ -39,6 +41,99 @@ pub struct Dispatcher {
     partner_targets: Targets,
     /// Lead scoring and distribution rules the CRM sink applies to new leads.
     lead_rules: Option<Arc<crate::rules::LeadRules>>,
+    /// Records partner attempts' outcomes in batches; started on first use.
+    outcomes: OnceLock<OutcomeQueue>,
+}
+
+type OutcomeReply = oneshot::Sender<Result<bool, StoreError>>;
+
+/// Partner attempts finish one by one, each on its own worker; their outcomes are written
+/// together (one UPDATE and one INSERT for all that are waiting), since a commit per outcome
+/// would make the store's writer, not the partners, the limit of delivery throughput.
+struct OutcomeQueue {
+    tx: mpsc::Sender<(Claimed, AttemptRecord, OutcomeReply)>,
+}
+
+/// Most outcomes written in one statement set.
+const OUTCOME_BATCH: usize = 512;
+
+impl OutcomeQueue {
+    fn start(store: Store) -> OutcomeQueue {
+        let (tx, mut rx) = mpsc::channel::<(Claimed, AttemptRecord, OutcomeReply)>(4096);
+        tokio::spawn(async move {
+            // Two writes in flight: one committing while the next batch gathers.
+            let in_flight = Arc::new(Semaphore::new(2));
+            loop {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = rx.recv().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < OUTCOME_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let (items, replies): (Vec<(Claimed, AttemptRecord)>, Vec<OutcomeReply>) =
+                    batch.into_iter().map(|(c, a, r)| ((c, a), r)).unzip();
+                let spare = (items.len() > 1).then(|| items.clone());
+                let queued = store
+                    .enqueue(move |conn| {
+                        Box::pin(async move { journal::complete_each(conn, &items).await })
+                    })
+                    .await;
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let result = match queued {
+                        Ok(waiting) => waiting.await,
+                        Err(e) => Err(e),
+                    };
+                    match (result, spare) {
+                        (Ok(held), _) => {
+                            for (held, reply) in held.into_iter().zip(replies) {
+                                let _ = reply.send(Ok(held));
+                            }
+                        }
+                        (Err(e), Some(items)) if !matches!(e, StoreError::Unavailable(_)) => {
+                            tracing::warn!(error = %e, outcomes = items.len(), "Recording a batch of outcomes failed; recording them one by one.");
+                            for ((c, a), reply) in items.into_iter().zip(replies) {
+                                let one = store
+                                    .write(move |conn| {
+                                        Box::pin(
+                                            async move { journal::complete(conn, &c, &a).await },
+                                        )
+                                    })
+                                    .await;
+                                let _ = reply.send(one);
+                            }
+                        }
+                        (Err(e), _) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        OutcomeQueue { tx }
+    }
+
+    /// Records one attempt; true when this instance still held the delivery's lease.
+    async fn record(&self, c: Claimed, a: AttemptRecord) -> Result<bool, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((c, a, reply))
+            .await
+            .map_err(|_| StoreError::Unavailable("the outcome queue has stopped".into()))?;
+        rx.await.map_err(|_| {
+            StoreError::Unavailable("the outcome queue stopped before the commit".into())
+        })?
+    }
 }
 
 /// When the next attempt should happen: the partner's wish if it gave one, else exponential
@@ -176,6 +271,7 @@ impl Dispatcher {
             wake,
             status,
             lead_rules: None,
+            outcomes: OnceLock::new(),
         }
     }
 
@@ -188,6 +284,9 @@ impl Dispatcher {
     /// Runs until `shutdown` turns true; in-flight attempts finish (their leases protect the rest).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let workers = Arc::new(Semaphore::new(self.cfg.workers.max(1)));
+        // CRM batches run inside the store's writer, so more than two at once gain nothing;
+        // they have their own permits so partners hanging on every worker cannot hold them up.
+        let crm_workers = Arc::new(Semaphore::new(CRM_WORKERS));
         let mut last_lease_check = Instant::now() - Duration::from_secs(3600);
         let idle = Duration::from_millis(self.cfg.idle_poll_ms.max(10));
         loop {
@@ -218,19 +317,26 @@ impl Dispatcher {
             if let Targets::Only(t) = &self.crm_targets
                 && !t.is_empty()
             {
-                match self
-                    .claim(batch.min(CRM_BATCH), lease, self.crm_targets.clone())
-                    .await
-                {
+                // Claimed only with a CRM worker free: a claimed batch waiting for a worker
+                // would sit on its lease (partner workers may all hang on a dead partner).
+                let permit = crm_workers.clone().try_acquire_owned();
+                let claimed = match &permit {
+                    Ok(_) => {
+                        self.claim(batch.min(CRM_BATCH), lease, self.crm_targets.clone())
+                            .await
+                    }
+                    Err(_) => Ok(Vec::new()),
+                };
+                match claimed {
                     Ok(claimed) if !claimed.is_empty() => {
                         busy = true;
-                        if let Ok(permit) = workers.clone().acquire_owned().await {
-                            let me = self.clone();
-                            tokio::spawn(async move {
-                                me.apply_crm_batch(claimed).await;
-                                drop(permit);
-                            });
-                        }
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            me.apply_crm_batch(claimed).await;
+                            drop(permit);
+                            // The loop may have skipped the CRM claim for want of this permit.
+                            me.wake.notify_one();
+                        });
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -272,7 +378,14 @@ impl Dispatcher {
                     }
                 }
             } else if free == 0 {
-                let _ = workers.clone().acquire_owned().await.map(drop);
+                // Every worker busy: wait until a quarter of them are free (or a moment has
+                // passed), so the next claim takes a batch; claiming each freed worker's one
+                // delivery would cost a transaction per delivery.
+                let quarter = (self.cfg.workers / 4).clamp(1, batch as usize) as u32;
+                let _ = workers.acquire().await.map(drop);
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(2), workers.acquire_many(quarter))
+                        .await;
                 continue;
             }
             if !busy {
@@ -285,6 +398,7 @@ impl Dispatcher {
         }
         // Let running attempts finish so their outcomes are recorded.
         let _ = workers.acquire_many(self.cfg.workers.max(1) as u32).await;
+        let _ = crm_workers.acquire_many(CRM_WORKERS as u32).await;
     }
 
     /// Runs the delivery's mapping (the pinned version, else the latest) over the validated
@@ -507,12 +621,10 @@ impl Dispatcher {
     async fn record(&self, c: &Claimed, outcome: &Outcome, started_at: i64, t0: Instant) {
         let a = plan(c, outcome, started_at, t0.elapsed().as_millis() as i64);
         let (status, duration_ms) = (a.status, a.duration_ms);
-        let c2 = c.clone();
-        match self
-            .store
-            .write(move |conn| Box::pin(async move { journal::complete(conn, &c2, &a).await }))
-            .await
-        {
+        let outcomes = self
+            .outcomes
+            .get_or_init(|| OutcomeQueue::start(self.store.clone()));
+        match outcomes.record(c.clone(), a).await {
             Ok(true) => self.count(c, status, duration_ms),
             Ok(false) => tracing::warn!(
                 delivery = c.id,

@@ -18,6 +18,7 @@ use crate::crm::ChangeEvent;
 use crate::routing::{Route, RouteTable};
 use crate::settings::{EndpointConfig, Settings};
 use crate::status::EndpointStates;
+use crate::store::accepts::AcceptQueue;
 use crate::store::journal::{self, IdRule, NewDelivery, NewMessage, PreparedRecord};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics_names as m;
@@ -44,6 +45,9 @@ pub struct Pipeline {
     /// Wakes the dispatcher when deliveries were journaled.
     wake: Arc<Notify>,
     status: Arc<EndpointStates>,
+    /// Merges concurrent submissions into one write; started on first use, on the runtime
+    /// that serves the partners.
+    accepts: std::sync::OnceLock<AcceptQueue>,
 }
 
 /// A record after validation and routing, before it is journaled.
@@ -75,6 +79,7 @@ impl Pipeline {
             crm_targets,
             wake,
             status,
+            accepts: std::sync::OnceLock::new(),
         }
     }
 
@@ -505,10 +510,10 @@ impl Pipeline {
         }
         let staged = journal::Staged::merge(parts);
         let verdicts = self
-            .store
-            .write(move |c| Box::pin(async move { journal::commit_staged(c, staged).await }))
+            .accepts
+            .get_or_init(|| AcceptQueue::start(self.store.clone(), self.wake.clone()))
+            .accept(staged)
             .await?;
-        self.wake.notify_one();
         let mut verdicts = verdicts.into_iter();
         Ok(shape
             .into_iter()

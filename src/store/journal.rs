@@ -9,7 +9,9 @@ use sqlx::{AnyConnection, Row};
 use synchub_adapter_sdk::{FieldError, RecordVerdict};
 use uuid::Uuid;
 
-use super::rows::{Arg, insert_rows, insert_rows_returning, update_from_values};
+use super::rows::{
+    Arg, insert_rows, insert_rows_returning, update_from_values, update_from_values_returning_ids,
+};
 use super::{Dialect, StoreError, now_ms};
 
 /// The transport unit as journaled.
@@ -391,6 +393,7 @@ const MSG_ENTITY: usize = 13;
 
 /// A submission turned into SQL rows before it reaches the store's writer, so the serial part
 /// of an accept (the single SQLite writer) only decides ids and duplicates and binds rows.
+#[derive(Clone)]
 pub struct Staged {
     /// The transport units' rows first (`transports` of them), then one per record.
     messages: Vec<Vec<Arg>>,
@@ -401,6 +404,7 @@ pub struct Staged {
     records: Vec<StagedRecord>,
 }
 
+#[derive(Clone)]
 struct StagedRecord {
     message_id: Uuid,
     record_type: Option<String>,
@@ -497,6 +501,11 @@ pub async fn accept(
 }
 
 impl Staged {
+    /// How many records (and so verdicts) it holds.
+    pub fn records(&self) -> usize {
+        self.records.len()
+    }
+
     /// Several transport units staged as one, committed by one `commit_staged`; its verdicts
     /// are those of the parts' records in order.
     pub fn merge(parts: Vec<Staged>) -> Staged {
@@ -924,6 +933,78 @@ pub async fn complete_many(
     }
     let all: Vec<(&Claimed, &AttemptRecord)> = items.iter().map(|(c, a)| (c, a)).collect();
     insert_attempts(conn, &all).await
+}
+
+/// Records the attempts of many claimed deliveries (of any claims) at once: one UPDATE for
+/// every status, one for the mapped bodies, one INSERT of the attempt rows. Returns, per item,
+/// whether this instance still held the lease; an item whose lease was lost is left alone (no
+/// attempt row), the others are recorded.
+pub async fn complete_each(
+    conn: &mut AnyConnection,
+    items: &[(Claimed, AttemptRecord)],
+) -> Result<Vec<bool>, StoreError> {
+    let now = now_ms();
+    let rows: Vec<Vec<Arg>> = items
+        .iter()
+        .map(|(c, a)| {
+            vec![
+                c.id.into(),
+                c.lease_until.into(),
+                a.status.into(),
+                a.next_attempt_at.into(),
+                a.reason.clone().into(),
+                a.remote_ref.clone().into(),
+                c.mapping_version.into(),
+                now.into(),
+            ]
+        })
+        .collect();
+    let updated: std::collections::HashSet<i64> = update_from_values_returning_ids(
+        conn,
+        "deliveries",
+        "status = v.column3, next_attempt_at = v.column4, lease_until = NULL, last_reason = v.column5, \
+         remote_ref = COALESCE(v.column6, deliveries.remote_ref), \
+         mapping_version = COALESCE(v.column7, deliveries.mapping_version), updated_at = v.column8",
+        "deliveries.id = v.column1 AND deliveries.status = 'in_flight' AND deliveries.lease_until = v.column2",
+        8,
+        rows,
+    )
+    .await?
+    .into_iter()
+    .collect();
+    let held: Vec<bool> = items.iter().map(|(c, _)| updated.contains(&c.id)).collect();
+    let mapped: Vec<Vec<Arg>> = items
+        .iter()
+        .zip(&held)
+        .filter(|((c, _), held)| **held && c.mapped_body.is_some())
+        .map(|((c, _), _)| {
+            vec![
+                c.id.into(),
+                Arg::Blob(c.mapped_body.clone().unwrap_or_default()),
+            ]
+        })
+        .collect();
+    if !mapped.is_empty() {
+        update_from_values(
+            conn,
+            "deliveries",
+            "mapped_body = v.column2",
+            "id",
+            2,
+            mapped,
+        )
+        .await?;
+    }
+    let recorded: Vec<(&Claimed, &AttemptRecord)> = items
+        .iter()
+        .zip(&held)
+        .filter(|(_, held)| **held)
+        .map(|((c, a), _)| (c, a))
+        .collect();
+    if !recorded.is_empty() {
+        insert_attempts(conn, &recorded).await?;
+    }
+    Ok(held)
 }
 
 /// The status part of `complete`, without the attempt row.

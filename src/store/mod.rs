@@ -3,6 +3,7 @@
 //! the runtime uses. All SQL is shared between the two (epoch-millisecond BIGINTs, TEXT, BLOB)
 //! and runs through sqlx's `Any` driver; the few dialect differences are named where they occur.
 
+pub mod accepts;
 pub mod audit;
 pub mod deliveries;
 pub mod journal;
@@ -137,6 +138,22 @@ impl Store {
             + Send
             + 'static,
     {
+        self.enqueue(f).await?.await
+    }
+
+    /// Queues `f` for the writer and returns at once with what waits for its commit, so a caller
+    /// that queues several writes decides their order (the writer runs them in queue order)
+    /// without waiting for each commit in turn.
+    pub async fn enqueue<T, F>(
+        &self,
+        f: F,
+    ) -> Result<impl Future<Output = Result<T, StoreError>> + Send + 'static, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
         let job: Job = Box::new(move |conn: &mut AnyConnection| {
             Box::pin(async move {
@@ -157,12 +174,14 @@ impl Store {
             })
         });
         self.backend.submit(job).await?;
-        rx.await.map_err(|_| {
-            StoreError::Unavailable(
-                "the write was not committed: the store writer failed to run it (see the log)"
-                    .into(),
-            )
-        })?
+        Ok(async move {
+            rx.await.map_err(|_| {
+                StoreError::Unavailable(
+                    "the write was not committed: the store writer failed to run it (see the log)"
+                        .into(),
+                )
+            })?
+        })
     }
 
     /// Ready = reachable and migrated (migrations run in `open`).

@@ -170,6 +170,35 @@ pub async fn update_from_values(
     Ok(affected)
 }
 
+/// Like [`update_from_values`], with the whole `WHERE` condition given (the VALUES are `v`) and
+/// the ids of the rows it updated returned: for updates that must also check each row's state.
+pub async fn update_from_values_returning_ids(
+    conn: &mut AnyConnection,
+    table: &str,
+    set: &str,
+    condition: &str,
+    ncols: usize,
+    rows: Vec<Vec<Arg>>,
+) -> Result<Vec<i64>, StoreError> {
+    use sqlx::Row;
+    let per_chunk = (MAX_BINDS / ncols).max(1);
+    let positional = conn.backend_name().eq_ignore_ascii_case("sqlite");
+    let mut ids = Vec::new();
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_chunk).collect();
+        let sql = format!(
+            "UPDATE {table} SET {set} FROM (VALUES {}) AS v WHERE {condition} RETURNING {table}.id",
+            placeholders(ncols, chunk.len(), positional)
+        );
+        let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk);
+        for row in q.fetch_all(&mut *conn).await? {
+            ids.push(row.try_get::<i64, _>(0)?);
+        }
+    }
+    Ok(ids)
+}
+
 /// `(?,?),(?,?)` (SQLite) or `($1,$2),($3,$4)` (PostgreSQL).
 fn placeholders(ncols: usize, rows: usize, positional: bool) -> String {
     let mut sql = String::with_capacity(rows * ncols * 4);

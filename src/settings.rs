@@ -367,7 +367,7 @@ fn default_enabled() -> bool {
 }
 
 fn default_workers() -> usize {
-    32
+    128
 }
 
 fn default_claim_batch() -> i64 {

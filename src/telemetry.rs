@@ -55,6 +55,14 @@ pub mod metrics_names {
     pub const ESCALATIONS: &str = "hub_escalations_total";
     /// Gauge: escalations open, by kind (set by each escalation run).
     pub const ESCALATIONS_OPEN: &str = "hub_escalations_open";
+    /// Transactions the embedded store's single writer committed (or rolled back).
+    pub const STORE_COMMITS: &str = "hub_store_commits_total";
+    /// Write jobs (merged accepts, claims, outcome batches, ...) those transactions held: the
+    /// ratio to commits is the group-commit factor.
+    pub const STORE_JOBS: &str = "hub_store_write_jobs_total";
+    /// Microseconds the embedded store's writer spent in transactions; its rate over 1e6 is the
+    /// writer's utilisation, near 1 meaning writes queue behind one another.
+    pub const STORE_BUSY: &str = "hub_store_writer_busy_microseconds_total";
 }
 
 /// Bucket bounds (seconds) of the attempt-duration histogram: from a CRM batch (sub-ms) to a

@@ -9,13 +9,13 @@ use async_trait::async_trait;
 use sqlx::AnyPool;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, ConnectOptions, Connection, Executor};
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// std Mutex for the sender: held only to clone or take it, never across an await.
 type SenderSlot = std::sync::Mutex<Option<mpsc::Sender<Job>>>;
-use tokio::task::JoinHandle;
 
 use super::{Backend, Dialect, Job, StoreError};
+use crate::telemetry::metrics_names as m;
 
 /// Most jobs committed in one transaction: bounds how long one commit holds the write lock and
 /// how much work a failed commit has to report back.
@@ -27,7 +27,8 @@ pub struct SqliteBackend {
     pool: AnyPool,
     /// `None` once closed; jobs submitted after that are refused as unavailable.
     jobs: SenderSlot,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Fires when the writer thread has committed its last job and closed its connection.
+    writer: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 /// Pragmas for every connection. `synchronous = FULL` in WAL mode: a commit is on disk when it
@@ -69,11 +70,25 @@ impl SqliteBackend {
             .await?;
 
         let (tx, rx) = mpsc::channel::<Job>(8192);
-        let handle = tokio::spawn(writer_loop(writer, rx));
+        // The writer runs on a thread and runtime of its own. Every statement is a round trip to
+        // SQLite's worker thread; on the shared runtime each return waited in the run queue
+        // behind hundreds of ready HTTP tasks, and the single writer, not SQLite, was the limit.
+        let (stopped_tx, stopped) = oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || {
+                runtime.block_on(writer_loop(writer, rx));
+                let _ = stopped_tx.send(());
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
         Ok(SqliteBackend {
             pool,
             jobs: std::sync::Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(handle)),
+            writer: Mutex::new(Some(stopped)),
         })
     }
 }
@@ -106,38 +121,59 @@ async fn writer_loop(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let (t0, jobs) = (std::time::Instant::now(), batch.len() as u64);
         run_group(&mut conn, &mut batch).await;
+        metrics::counter!(m::STORE_COMMITS).increment(1);
+        metrics::counter!(m::STORE_JOBS).increment(jobs);
+        metrics::counter!(m::STORE_BUSY).increment(t0.elapsed().as_micros() as u64);
     }
     let _ = conn.close().await;
 }
 
 async fn run_group(conn: &mut AnyConnection, batch: &mut Vec<Job>) {
-    if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+    // A savepoint per job lets one failing accept roll back alone while its neighbours in the
+    // same group commit go through. A single job needs none: the transaction is its own. Every
+    // statement is a round trip to SQLite's thread, so the transaction and savepoint statements
+    // between two jobs go as one: `RELEASE job; SAVEPOINT job`.
+    let single = batch.len() == 1;
+    let begin = if single {
+        "BEGIN IMMEDIATE"
+    } else {
+        "BEGIN IMMEDIATE; SAVEPOINT job"
+    };
+    if let Err(e) = conn.execute(begin).await {
         let err = StoreError::from(e);
+        // A BEGIN that went through before its SAVEPOINT failed must not stay open.
+        let _ = conn.execute("ROLLBACK").await;
         for job in batch.drain(..) {
-            // The job never ran; run nothing and report the failure through a no-op job result.
             fail_unrun(job, err.clone());
         }
         return;
     }
     let mut finishes = Vec::with_capacity(batch.len());
-    let single = batch.len() == 1;
-    for job in batch.drain(..) {
-        // A savepoint per job lets one failing accept roll back alone while its neighbours in
-        // the same group commit go through. A single job needs none: the transaction is its own.
-        if !single && let Err(e) = conn.execute("SAVEPOINT job").await {
-            fail_unrun(job, StoreError::from(e));
+    let total = batch.len();
+    // The statement that ends the previous job's savepoint (and opens the next one) is sent
+    // with the next boundary rather than on its own.
+    let mut savepoint_lost: Option<StoreError> = None;
+    for (i, job) in batch.drain(..).enumerate() {
+        if let Some(err) = savepoint_lost.clone() {
+            fail_unrun(job, err);
             continue;
         }
         let done = job(conn).await;
+        let last = i + 1 == total;
         if !single {
-            let sql = if done.ok {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
+            let sql = match (done.ok, last) {
+                (true, false) => "RELEASE job; SAVEPOINT job",
+                (false, false) => "ROLLBACK TO job; RELEASE job; SAVEPOINT job",
+                (true, true) => "RELEASE job",
+                (false, true) => "ROLLBACK TO job; RELEASE job",
             };
             if let Err(e) = conn.execute(sql).await {
+                // Without its savepoint the next job could not be rolled back alone; the jobs
+                // not yet run are refused (their callers retry), the ones run are committed.
                 tracing::error!(error = %e, "Savepoint handling failed.");
+                savepoint_lost = Some(StoreError::from(e));
             }
         }
         finishes.push((done.ok, done.finish));

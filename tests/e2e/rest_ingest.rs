@@ -334,3 +334,84 @@ async fn leads_results_and_campaign_results_reach_the_crm() {
     assert_eq!(c["results_by_dealer"]["D0002"]["attended"], 1, "{c}");
     hub.stop().await;
 }
+
+/// Concurrent requests are merged into one store write (the accept queue); every partner must
+/// still get exactly its own verdicts: its records' source_refs, its rejected indexes, and a
+/// customer id of its own for each new person.
+async fn concurrent_requests_each_get_their_own_verdicts(backend: Backend) {
+    let hub = TestHub::spawn(backend).await;
+    let base = sample("rest/dms-customers.request.json")[0].clone();
+    let record = |i: usize, mobile: &str| {
+        let mut r = base.clone();
+        r["source_ref"] = json!(format!("DMS-D0001-CC{i:04}"));
+        r["mobile"] = json!(mobile);
+        r["id_no"] = Value::Null;
+        r
+    };
+    let mut requests = Vec::new();
+    for i in 0..48 {
+        let mut batch = vec![record(i, &format!("1390000{i:04}"))];
+        if i % 3 == 0 {
+            // A bad mobile at index 1: rejected, the rest of the request goes through.
+            batch.push(record(1000 + i, "12345"));
+        }
+        if i % 4 == 0 {
+            batch.push(record(2000 + i, &format!("1370000{i:04}")));
+        }
+        requests.push(Value::Array(batch));
+    }
+    let answers = futures_util::future::join_all(
+        requests
+            .iter()
+            .map(|body| hub.post_records("/api/v1/dms/customers", "demo-dms-D0001", body)),
+    )
+    .await;
+    let mut ids = std::collections::HashSet::new();
+    for (body, (status, answer)) in requests.iter().zip(&answers) {
+        assert_eq!(*status, 202, "{answer}");
+        let sent: Vec<&Value> = body.as_array().unwrap().iter().collect();
+        let want_ok: Vec<&str> = sent
+            .iter()
+            .filter(|r| r["mobile"] != "12345")
+            .map(|r| r["source_ref"].as_str().unwrap())
+            .collect();
+        let got_ok: Vec<&str> = answer["accepted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["source_ref"].as_str().unwrap())
+            .collect();
+        assert_eq!(got_ok, want_ok, "another request's verdicts: {answer}");
+        let want_bad: Vec<usize> = sent
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r["mobile"] == "12345")
+            .map(|(i, _)| i)
+            .collect();
+        let got_bad: Vec<usize> = answer["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["index"].as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(got_bad, want_bad, "{answer}");
+        for a in answer["accepted"].as_array().unwrap() {
+            assert!(
+                ids.insert(a["id"].as_str().unwrap().to_string()),
+                "a customer id given to two people: {answer}"
+            );
+        }
+    }
+    assert_eq!(ids.len(), 48 + 12, "every new person got an id");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_each_get_their_own_verdicts_sqlite() {
+    concurrent_requests_each_get_their_own_verdicts(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_each_get_their_own_verdicts_postgres() {
+    concurrent_requests_each_get_their_own_verdicts(Backend::Postgres).await;
+}

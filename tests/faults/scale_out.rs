@@ -214,7 +214,7 @@ async fn three_instances_share_the_load_and_survive_losing_one() {
         .any(|h| h.log_contains("Released deliveries whose lease expired"));
     // Only what the killed instance had in flight may go out again.
     // The shipped `dispatch.workers`: the most deliveries one instance has in flight.
-    let workers = synchub::settings::DispatchSettings::default().workers as usize;
+    let workers = synchub::settings::DispatchSettings::default().workers;
     assert!(
         copies - rest <= workers,
         "{} copies beyond one per record: more than the killed instance had in flight",

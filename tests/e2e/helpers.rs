@@ -366,7 +366,44 @@ impl TestHub {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+        remove_topology(&self.amqp_prefix).await;
     }
+}
+
+/// Deletes what a stopped hub and `dms_queue` declared under `prefix` on the shared broker:
+/// queues would expire on their own, exchanges never do. Best effort: a broker that went away
+/// leaves nothing to clean.
+async fn remove_topology(prefix: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let Ok(conn) =
+        lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        for q in [
+            "dms.all",
+            "synchub.dms.lead-results",
+            "synchub.dms.campaign-results",
+            "synchub.dead-letter",
+        ] {
+            let _ = ch
+                .queue_delete(
+                    format!("{prefix}{q}").as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+        for x in ["synchub.dealer", "synchub.inbound", "synchub.dead-letter"] {
+            let _ = ch
+                .exchange_delete(
+                    format!("{prefix}{x}").as_str().into(),
+                    ExchangeDeleteOptions::default(),
+                )
+                .await;
+        }
+    }
+    let _ = conn.close(200, "test topology removed".into()).await;
 }
 
 /// A sample file from the shared spec, parsed.

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use synchub_adapter_sdk::{ContentType, Delivery, Outbound, Outcome};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::crm::{self, CrmFailure};
 use crate::pipeline::Pipeline;
 use crate::settings::DispatchSettings;
 use crate::status::EndpointStates;
+use crate::store::batch::{Limits, WriteQueue};
 use crate::store::journal::{self, AttemptRecord, Claimed, Targets};
 use crate::store::{BoxFuture, Store, StoreError, now_ms};
 use crate::telemetry::metrics_names as m;
@@ -45,95 +46,22 @@ pub struct Dispatcher {
     outcomes: OnceLock<OutcomeQueue>,
 }
 
-type OutcomeReply = oneshot::Sender<Result<bool, StoreError>>;
-
 /// Partner attempts finish one by one, each on its own worker; their outcomes are written
 /// together (one UPDATE and one INSERT for all that are waiting), since a commit per outcome
 /// would make the store's writer, not the partners, the limit of delivery throughput.
-struct OutcomeQueue {
-    tx: mpsc::Sender<(Claimed, AttemptRecord, OutcomeReply)>,
-}
+type OutcomeQueue = WriteQueue<(Claimed, AttemptRecord), bool>;
 
 /// Most outcomes written in one statement set.
-const OUTCOME_BATCH: usize = 512;
+const OUTCOME_LIMITS: Limits = Limits {
+    items: 512,
+    weight: 512,
+};
 
-impl OutcomeQueue {
-    fn start(store: Store) -> OutcomeQueue {
-        let (tx, mut rx) = mpsc::channel::<(Claimed, AttemptRecord, OutcomeReply)>(4096);
-        tokio::spawn(async move {
-            // Two writes in flight: one committing while the next batch gathers.
-            let in_flight = Arc::new(Semaphore::new(2));
-            loop {
-                let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                    return;
-                };
-                let Some(first) = rx.recv().await else {
-                    return;
-                };
-                let mut batch = vec![first];
-                while batch.len() < OUTCOME_BATCH {
-                    match rx.try_recv() {
-                        Ok(item) => batch.push(item),
-                        Err(_) => break,
-                    }
-                }
-                let (items, replies): (Vec<(Claimed, AttemptRecord)>, Vec<OutcomeReply>) =
-                    batch.into_iter().map(|(c, a, r)| ((c, a), r)).unzip();
-                let spare = (items.len() > 1).then(|| items.clone());
-                let queued = store
-                    .enqueue(move |conn| {
-                        Box::pin(async move { journal::complete_each(conn, &items).await })
-                    })
-                    .await;
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let result = match queued {
-                        Ok(waiting) => waiting.await,
-                        Err(e) => Err(e),
-                    };
-                    match (result, spare) {
-                        (Ok(held), _) => {
-                            for (held, reply) in held.into_iter().zip(replies) {
-                                let _ = reply.send(Ok(held));
-                            }
-                        }
-                        (Err(e), Some(items)) if !matches!(e, StoreError::Unavailable(_)) => {
-                            tracing::warn!(error = %e, outcomes = items.len(), "Recording a batch of outcomes failed; recording them one by one.");
-                            for ((c, a), reply) in items.into_iter().zip(replies) {
-                                let one = store
-                                    .write(move |conn| {
-                                        Box::pin(
-                                            async move { journal::complete(conn, &c, &a).await },
-                                        )
-                                    })
-                                    .await;
-                                let _ = reply.send(one);
-                            }
-                        }
-                        (Err(e), _) => {
-                            for reply in replies {
-                                let _ = reply.send(Err(e.clone()));
-                            }
-                        }
-                    }
-                    drop(permit);
-                });
-            }
-        });
-        OutcomeQueue { tx }
-    }
-
-    /// Records one attempt; true when this instance still held the delivery's lease.
-    async fn record(&self, c: Claimed, a: AttemptRecord) -> Result<bool, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send((c, a, reply))
-            .await
-            .map_err(|_| StoreError::Unavailable("the outcome queue has stopped".into()))?;
-        rx.await.map_err(|_| {
-            StoreError::Unavailable("the outcome queue stopped before the commit".into())
-        })?
-    }
+fn record_outcomes(
+    conn: &mut sqlx::AnyConnection,
+    items: Vec<(Claimed, AttemptRecord)>,
+) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
+    Box::pin(async move { journal::complete_each(conn, &items).await })
 }
 
 /// When the next attempt should happen: the partner's wish if it gave one, else exponential
@@ -621,10 +549,16 @@ impl Dispatcher {
     async fn record(&self, c: &Claimed, outcome: &Outcome, started_at: i64, t0: Instant) {
         let a = plan(c, outcome, started_at, t0.elapsed().as_millis() as i64);
         let (status, duration_ms) = (a.status, a.duration_ms);
-        let outcomes = self
-            .outcomes
-            .get_or_init(|| OutcomeQueue::start(self.store.clone()));
-        match outcomes.record(c.clone(), a).await {
+        let outcomes = self.outcomes.get_or_init(|| {
+            OutcomeQueue::start(
+                self.store.clone(),
+                OUTCOME_LIMITS,
+                |_| 1,
+                record_outcomes,
+                None,
+            )
+        });
+        match outcomes.submit((c.clone(), a)).await {
             Ok(true) => self.count(c, status, duration_ms),
             Ok(false) => tracing::warn!(
                 delivery = c.id,

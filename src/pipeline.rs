@@ -18,7 +18,7 @@ use crate::crm::ChangeEvent;
 use crate::routing::{Route, RouteTable};
 use crate::settings::{EndpointConfig, Settings};
 use crate::status::EndpointStates;
-use crate::store::accepts::AcceptQueue;
+use crate::store::batch::{AcceptQueue, accept_queue};
 use crate::store::journal::{self, IdRule, NewDelivery, NewMessage, PreparedRecord};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics_names as m;
@@ -511,8 +511,8 @@ impl Pipeline {
         let staged = journal::Staged::merge(parts);
         let verdicts = self
             .accepts
-            .get_or_init(|| AcceptQueue::start(self.store.clone(), self.wake.clone()))
-            .accept(staged)
+            .get_or_init(|| accept_queue(self.store.clone(), self.wake.clone()))
+            .submit(staged)
             .await?;
         let mut verdicts = verdicts.into_iter();
         Ok(shape

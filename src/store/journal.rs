@@ -857,82 +857,24 @@ pub async fn complete(
     c: &Claimed,
     a: &AttemptRecord,
 ) -> Result<bool, StoreError> {
-    if !complete_status(conn, c, a).await? {
-        return Ok(false);
-    }
-    insert_attempts(conn, &[(c, a)]).await?;
-    Ok(true)
+    let held = complete_each(conn, &[(c.clone(), a.clone())]).await?;
+    Ok(held.first().copied().unwrap_or(false))
 }
 
-/// Records many attempts of one claim at once: the delivered ones with one UPDATE, the others
-/// one by one, all attempt rows in one INSERT. Fails (so the caller's transaction rolls back)
-/// if any lease was lost.
+/// Records many attempts of one claim at once (see [`complete_each`]). Fails (so the caller's
+/// transaction rolls back) if any lease was lost.
 pub async fn complete_many(
     conn: &mut AnyConnection,
     items: &[(Claimed, AttemptRecord)],
 ) -> Result<(), StoreError> {
-    let now = now_ms();
-    let mut delivered: Vec<&Claimed> = Vec::new();
-    for (c, a) in items {
-        if a.status == "delivered" && a.remote_ref.is_none() {
-            delivered.push(c);
-        } else if !complete_status(conn, c, a).await? {
-            return Err(StoreError::Conflict(format!(
-                "lease on delivery {} lost",
-                c.id
-            )));
-        }
+    let held = complete_each(conn, items).await?;
+    if let Some(((c, _), _)) = items.iter().zip(&held).find(|(_, held)| !**held) {
+        return Err(StoreError::Conflict(format!(
+            "lease on delivery {} lost",
+            c.id
+        )));
     }
-    // One claim shares one lease value; group by it so the lease check stays exact.
-    let mut by_lease: HashMap<i64, Vec<&Claimed>> = HashMap::new();
-    for c in delivered {
-        by_lease.entry(c.lease_until).or_default().push(c);
-    }
-    for (lease, group) in by_lease {
-        for chunk in group.chunks(500) {
-            let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
-            let sql = format!(
-                "UPDATE deliveries SET status = 'delivered', next_attempt_at = $1, lease_until = NULL, last_reason = NULL, \
-             updated_at = $1 WHERE status = 'in_flight' AND lease_until = $2 AND id IN ({})",
-                ids.join(",")
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(lease);
-            for c in chunk {
-                q = q.bind(c.id);
-            }
-            let n = q.execute(&mut *conn).await?.rows_affected();
-            if n != chunk.len() as u64 {
-                return Err(StoreError::Conflict("a lease in the batch was lost".into()));
-            }
-        }
-    }
-    // What the mapping made of each bulk-delivered record, in one statement.
-    let mapped: Vec<Vec<Arg>> = items
-        .iter()
-        .filter(|(c, a)| {
-            a.status == "delivered" && a.remote_ref.is_none() && c.mapped_body.is_some()
-        })
-        .map(|(c, _)| {
-            vec![
-                c.id.into(),
-                Arg::Blob(c.mapped_body.clone().unwrap_or_default()),
-                c.mapping_version.into(),
-            ]
-        })
-        .collect();
-    if !mapped.is_empty() {
-        update_from_values(
-            conn,
-            "deliveries",
-            "mapped_body = v.column2, mapping_version = v.column3",
-            "id",
-            3,
-            mapped,
-        )
-        .await?;
-    }
-    let all: Vec<(&Claimed, &AttemptRecord)> = items.iter().map(|(c, a)| (c, a)).collect();
-    insert_attempts(conn, &all).await
+    Ok(())
 }
 
 /// Records the attempts of many claimed deliveries (of any claims) at once: one UPDATE for
@@ -952,7 +894,11 @@ pub async fn complete_each(
                 c.lease_until.into(),
                 a.status.into(),
                 a.next_attempt_at.into(),
-                a.reason.clone().into(),
+                // A delivered delivery has no last error; the attempt row keeps its summary.
+                (a.status != "delivered")
+                    .then(|| a.reason.clone())
+                    .flatten()
+                    .into(),
                 a.remote_ref.clone().into(),
                 c.mapping_version.into(),
                 now.into(),
@@ -1005,32 +951,6 @@ pub async fn complete_each(
         insert_attempts(conn, &recorded).await?;
     }
     Ok(held)
-}
-
-/// The status part of `complete`, without the attempt row.
-async fn complete_status(
-    conn: &mut AnyConnection,
-    c: &Claimed,
-    a: &AttemptRecord,
-) -> Result<bool, StoreError> {
-    let n = sqlx::query(
-        "UPDATE deliveries SET status = $1, next_attempt_at = $2, lease_until = NULL, last_reason = $3, \
-         remote_ref = COALESCE($4, remote_ref), updated_at = $5, mapping_version = COALESCE($8, mapping_version), \
-         mapped_body = COALESCE($9, mapped_body) WHERE id = $6 AND status = 'in_flight' AND lease_until = $7",
-    )
-    .bind(a.status)
-    .bind(a.next_attempt_at)
-    .bind(a.reason.as_deref())
-    .bind(a.remote_ref.as_deref())
-    .bind(now_ms())
-    .bind(c.id)
-    .bind(c.lease_until)
-    .bind(c.mapping_version)
-    .bind(c.mapped_body.clone())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
 }
 
 async fn insert_attempts(

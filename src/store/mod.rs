@@ -3,8 +3,8 @@
 //! the runtime uses. All SQL is shared between the two (epoch-millisecond BIGINTs, TEXT, BLOB)
 //! and runs through sqlx's `Any` driver; the few dialect differences are named where they occur.
 
-pub mod accepts;
 pub mod audit;
+pub mod batch;
 pub mod deliveries;
 pub mod journal;
 pub mod postgres;

@@ -154,20 +154,12 @@ pub async fn update_from_values(
     ncols: usize,
     rows: Vec<Vec<Arg>>,
 ) -> Result<u64, StoreError> {
-    let per_chunk = (MAX_BINDS / ncols).max(1);
-    let positional = conn.backend_name().eq_ignore_ascii_case("sqlite");
-    let mut affected = 0;
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_chunk).collect();
-        let sql = format!(
-            "UPDATE {table} SET {set} FROM (VALUES {}) AS v WHERE {table}.{key} = v.column1",
-            placeholders(ncols, chunk.len(), positional)
-        );
-        let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk);
-        affected += q.execute(&mut *conn).await?.rows_affected();
-    }
-    Ok(affected)
+    let condition = format!("{table}.{key} = v.column1");
+    Ok(
+        update_values(conn, table, set, &condition, ncols, rows, false)
+            .await?
+            .0,
+    )
 }
 
 /// Like [`update_from_values`], with the whole `WHERE` condition given (the VALUES are `v`) and
@@ -180,23 +172,48 @@ pub async fn update_from_values_returning_ids(
     ncols: usize,
     rows: Vec<Vec<Arg>>,
 ) -> Result<Vec<i64>, StoreError> {
+    Ok(
+        update_values(conn, table, set, condition, ncols, rows, true)
+            .await?
+            .1,
+    )
+}
+
+/// The two above: the rows updated, and with `returning` their ids.
+async fn update_values(
+    conn: &mut AnyConnection,
+    table: &str,
+    set: &str,
+    condition: &str,
+    ncols: usize,
+    rows: Vec<Vec<Arg>>,
+    returning: bool,
+) -> Result<(u64, Vec<i64>), StoreError> {
     use sqlx::Row;
     let per_chunk = (MAX_BINDS / ncols).max(1);
     let positional = conn.backend_name().eq_ignore_ascii_case("sqlite");
-    let mut ids = Vec::new();
+    let (mut affected, mut ids) = (0, Vec::new());
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_chunk).collect();
-        let sql = format!(
-            "UPDATE {table} SET {set} FROM (VALUES {}) AS v WHERE {condition} RETURNING {table}.id",
+        let mut sql = format!(
+            "UPDATE {table} SET {set} FROM (VALUES {}) AS v WHERE {condition}",
             placeholders(ncols, chunk.len(), positional)
         );
+        if returning {
+            sql.push_str(&format!(" RETURNING {table}.id"));
+        }
         let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk);
-        for row in q.fetch_all(&mut *conn).await? {
-            ids.push(row.try_get::<i64, _>(0)?);
+        if returning {
+            for row in q.fetch_all(&mut *conn).await? {
+                ids.push(row.try_get::<i64, _>(0)?);
+                affected += 1;
+            }
+        } else {
+            affected += q.execute(&mut *conn).await?.rows_affected();
         }
     }
-    Ok(ids)
+    Ok((affected, ids))
 }
 
 /// `(?,?),(?,?)` (SQLite) or `($1,$2),($3,$4)` (PostgreSQL).

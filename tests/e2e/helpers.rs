@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+#[path = "../support/amqp.rs"]
+mod amqp;
 #[path = "../support/tree.rs"]
 mod tree;
 use synchub::app::Application;
@@ -108,39 +110,9 @@ pub async fn amqp_client() -> (lapin::Connection, lapin::Channel) {
     (conn, ch)
 }
 
-/// Declares the hub's dealer exchange (as the hub does) and a DMS queue `<prefix><name>`
-/// bound to it with `key`; the queue expires when idle.
+/// A DMS queue `<prefix><name>` bound to the hub's dealer exchange with `key`.
 pub async fn dms_queue(ch: &lapin::Channel, prefix: &str, name: &str, key: &str) -> String {
-    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::{AMQPValue, FieldTable};
-    let exchange = format!("{prefix}synchub.dealer");
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare the dealer exchange");
-    let q = format!("{prefix}{name}");
-    let mut args = FieldTable::default();
-    args.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
-    ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), args)
-        .await
-        .expect("declare DMS queue");
-    ch.queue_bind(
-        q.as_str().into(),
-        exchange.as_str().into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("bind DMS queue");
-    q
+    amqp::dms_queue(ch, prefix, name, key, false).await
 }
 
 /// Which store a test runs on.

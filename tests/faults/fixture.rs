@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "../support/amqp.rs"]
+mod amqp;
 #[path = "../support/tree.rs"]
 mod tree;
 
@@ -775,45 +777,9 @@ pub fn shared_amqp_url() -> String {
 }
 
 /// D0001's DMS queue `<prefix>dms.D0001`, bound to the hub's dealer exchange: durable, so it
-/// survives a broker crash, and expiring when idle, so nothing piles up on a shared broker.
+/// survives a broker crash.
 pub async fn dms_queue(ch: &lapin::Channel, prefix: &str) -> String {
-    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::{AMQPValue, FieldTable};
-    let exchange = format!("{prefix}synchub.dealer");
-    ch.exchange_declare(
-        exchange.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare the dealer exchange");
-    let q = format!("{prefix}dms.D0001");
-    let mut args = FieldTable::default();
-    args.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
-    ch.queue_declare(
-        q.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .expect("declare the DMS queue");
-    ch.queue_bind(
-        q.as_str().into(),
-        exchange.as_str().into(),
-        "dealer.D0001.#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("bind the DMS queue");
-    q
+    amqp::dms_queue(ch, prefix, "dms.D0001", "dealer.D0001.#", true).await
 }
 
 /// Empties the DMS queue into `into` (message ids per source_ref); returns the copies taken.

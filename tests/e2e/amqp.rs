@@ -334,6 +334,10 @@ async fn a_broker_outage_mid_stream_loses_and_duplicates_nothing() {
     // copied to the DMS queue. Both run while the broker drops the hub's connections.
     let inbound = {
         let (conn, ch) = amqp_client().await;
+        // With confirms, a result the broker did not take fails here, not as a "lost" result.
+        ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
         let exchange = format!("{}synchub.inbound", hub.amqp_prefix);
         tokio::spawn(async move {
             for i in 0..EACH_WAY {
@@ -352,6 +356,7 @@ async fn a_broker_outage_mid_stream_loses_and_duplicates_nothing() {
                 .await
                 .expect("publish")
                 .await
+                .map(|c| assert!(c.is_ack(), "the broker refused campaign result {i}"))
                 .expect("confirmed");
             }
             drop(conn);
@@ -421,8 +426,28 @@ async fn a_broker_outage_mid_stream_loses_and_duplicates_nothing() {
             .fetch_all(hub.store.pool())
             .await
             .unwrap_or_default();
+            let journaled: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT source_ref, status, COALESCE(reason, '') FROM messages \
+                 WHERE kind = 'record' AND source_ref LIKE 'CR-%'",
+            )
+            .fetch_all(hub.store.pool())
+            .await
+            .unwrap_or_default();
+            let refs: HashSet<&str> = journaled.iter().map(|(r, _, _)| r.as_str()).collect();
+            let never: Vec<String> = (0..EACH_WAY)
+                .map(|i| format!("CR-{i}"))
+                .filter(|r| !refs.contains(r.as_str()))
+                .collect();
+            let not_accepted: Vec<&(String, String, String)> =
+                journaled.iter().filter(|(_, s, _)| s != "accepted").collect();
+            let queues = Command::new("rabbitmqctl")
+                .args(["list_queues", "-q", "name", "messages_ready", "messages_unacknowledged", "consumers"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let queues: Vec<&str> = queues.lines().filter(|l| l.contains(&hub.amqp_prefix)).collect();
             panic!(
-                "after the outage: {} of {EACH_WAY} published to the DMS, {results} of {EACH_WAY} results stored; deliveries (target, status, count, max attempts): {states:?}",
+                "after the outage: {} of {EACH_WAY} published to the DMS, {results} of {EACH_WAY} results stored; deliveries (target, status, count, max attempts): {states:?}; results never journaled: {never:?}; journaled but not accepted: {not_accepted:?}; the hub's queues (name, ready, unacked, consumers): {queues:?}",
                 seen.len()
             );
         }

@@ -116,7 +116,7 @@ impl AmqpInbound {
             Ok(ch) => ch,
             Err(e) => return Stop::Link(format!("cannot open a channel: {e}")),
         };
-        let stop = self.consume_on(&ch, b, shutdown).await;
+        let stop = self.consume_on(&ch, session.generation, b, shutdown).await;
         // Closing the channel hands every unacknowledged message back to the queue.
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
@@ -132,10 +132,13 @@ impl AmqpInbound {
     async fn consume_on(
         &self,
         ch: &Channel,
+        generation: u64,
         b: &Binding,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Stop {
         let cfg = self.link.config();
+        let superseded = self.link.superseded(generation);
+        tokio::pin!(superseded);
         if let Err(e) = ch
             .basic_qos(cfg.prefetch.max(1), BasicQosOptions::default())
             .await
@@ -185,6 +188,11 @@ impl AmqpInbound {
                     }
                     None
                 }
+                // What is being journaled is left to finish unacked: the broker hands it out
+                // again, and the journal knows it by its source_ref.
+                _ = &mut superseded => Some(Stop::Link(format!(
+                    "the connection of the consumer on queue {} was replaced", b.queue
+                ))),
                 next = consumer.next(), if pending < limit => match next {
                     None => Some(Stop::Link(format!("the broker closed the consumer on queue {}", b.queue))),
                     Some(Err(e)) => Some(Stop::Link(format!("consumer on queue {} failed: {e}", b.queue))),

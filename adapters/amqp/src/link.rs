@@ -82,6 +82,25 @@ impl Link {
         }
     }
 
+    /// Resolves once the connection of `generation` is no longer the live one. A consumer whose
+    /// channel went quiet without an error (the connection died under it) must not wait on it
+    /// forever while the link has already reconnected.
+    pub async fn superseded(&self, generation: u64) {
+        let mut rx = self.session.subscribe();
+        loop {
+            if !rx
+                .borrow_and_update()
+                .as_ref()
+                .is_some_and(|s| s.generation == generation)
+            {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Why the link is not up, for the reason of a failed attempt.
     pub fn last_error(&self) -> String {
         self.last_error

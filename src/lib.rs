@@ -4,7 +4,8 @@
 //! Crate map:
 //! - `settings`: layered TOML + environment configuration, validated all at once.
 //! - `check`: `synchub check`, every configuration problem reported with file and key path.
-//! - `store`: the durable journal and CRM tables on SQLite (group commit) or PostgreSQL.
+//! - `store`: the durable journal, CRM tables and dashboard sessions on SQLite (group commit) or
+//!   PostgreSQL.
 //! - `routing`: the route table compiled from `routes/*.toml`.
 //! - `pipeline`: the `Inbox` adapters hand submissions to: validate, map, route, journal.
 //! - `demo`: `synchub demo`, the hub with built-in partner simulators.

@@ -44,6 +44,9 @@ impl Operator {
 #[derive(Debug, Default)]
 pub struct Operators {
     by_hash: HashMap<String, Operator>,
+    /// User name → token hash (both are unique, `settings` checks that), for dashboard sessions,
+    /// which name their operator and are tied to its current token.
+    hash_by_user: HashMap<String, String>,
 }
 
 impl Operators {
@@ -62,12 +65,22 @@ impl Operators {
                     )
                 })
                 .collect(),
+            hash_by_user: ops
+                .iter()
+                .map(|o| (o.user.clone(), o.token_sha256.to_ascii_lowercase()))
+                .collect(),
         }
     }
 
     pub fn by_token(&self, token: &str) -> Option<&Operator> {
         self.by_hash
             .get(&hex::encode(Sha256::digest(token.as_bytes())))
+    }
+
+    /// The configured operator named `user` with its token's sha256 (lower-case hex).
+    pub fn by_user(&self, user: &str) -> Option<(&Operator, &str)> {
+        let hash = self.hash_by_user.get(user)?;
+        self.by_hash.get(hash).map(|o| (o, hash.as_str()))
     }
 
     /// Dashboard login: user name and token must belong together.

@@ -28,7 +28,8 @@ pub struct UiSettings {
     /// shows red.
     #[serde(default = "default_freshness_warn_secs")]
     pub freshness_warn_secs: u64,
-    /// Idle time after which a dashboard session ends.
+    /// Idle seconds after which a dashboard session ends. Kept to within a minute: the stored
+    /// expiry is moved forward at most once a minute, not on every page.
     #[serde(default = "default_session_ttl_secs")]
     pub session_ttl_secs: u64,
     /// Mark the session cookie `Secure` (set when the dashboard is served over HTTPS, e.g.
@@ -82,8 +83,8 @@ const CSS: &str = include_str!("../../assets/app.css");
 
 pub fn router(app: AppState) -> Router {
     let st = UiState {
+        sessions: Arc::new(Sessions::new(app.store.clone())),
         app,
-        sessions: Arc::new(Sessions::default()),
     };
     Router::new()
         .route(

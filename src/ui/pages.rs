@@ -6,7 +6,7 @@ use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -57,6 +57,8 @@ struct LoginPage {
     error: Option<String>,
     username: String,
     next: String,
+    /// The login form's CSRF token, also in the pre-session cookie.
+    csrf: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -72,12 +74,32 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-pub(super) async fn login_form(Query(q): Query<NextQuery>) -> Response {
-    render(&LoginPage {
-        error: None,
-        username: String::new(),
-        next: safe_next(q.next.as_deref()),
-    })
+/// The login page with its CSRF token in the form and in the pre-session cookie it sets.
+fn login_page(status: StatusCode, page: LoginPage, secure_cookie: bool) -> Response {
+    let cookie = session::set_login_cookie(Some(&page.csrf), secure_cookie);
+    let mut r = render(&page);
+    *r.status_mut() = status;
+    if let Ok(v) = header::HeaderValue::from_str(&cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
+}
+
+pub(super) async fn login_form(
+    State(st): State<UiState>,
+    headers: HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Response {
+    login_page(
+        StatusCode::OK,
+        LoginPage {
+            error: None,
+            username: String::new(),
+            next: safe_next(q.next.as_deref()),
+            csrf: session::login_token(&headers),
+        },
+        st.app.ui.secure_cookie,
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,20 +107,48 @@ pub(super) struct LoginForm {
     username: String,
     password: String,
     next: Option<String>,
+    csrf: Option<String>,
 }
 
-pub(super) async fn login(State(st): State<UiState>, Form(f): Form<LoginForm>) -> Response {
+pub(super) async fn login(
+    State(st): State<UiState>,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let ui = &st.app.ui;
     let user = f.username.trim().to_string();
     let next = safe_next(f.next.as_deref());
+    if !session::login_csrf_ok(&headers, f.csrf.as_deref()) {
+        // Checked before the credentials: a forged form learns nothing and counts for nothing.
+        tracing::warn!(user = %user, "Dashboard login refused: missing or wrong login form token (CSRF).");
+        return login_page(
+            StatusCode::FORBIDDEN,
+            LoginPage {
+                error: Some(
+                    "This sign-in form has expired or did not come from the dashboard (CSRF token \
+                     missing or wrong). Sign in again on this page."
+                        .into(),
+                ),
+                username: user,
+                next,
+                // A fresh token: the refused one may be an attacker's.
+                csrf: session::new_login_token(),
+            },
+            ui.secure_cookie,
+        );
+    }
+    let token = session::login_token(&headers);
     let refuse = |status: StatusCode, msg: &str| {
-        let mut r = render(&LoginPage {
-            error: Some(msg.to_string()),
-            username: user.clone(),
-            next: next.clone(),
-        });
-        *r.status_mut() = status;
-        r
+        login_page(
+            status,
+            LoginPage {
+                error: Some(msg.to_string()),
+                username: user.clone(),
+                next: next.clone(),
+                csrf: token.clone(),
+            },
+            ui.secure_cookie,
+        )
     };
     if st
         .sessions
@@ -121,7 +171,13 @@ pub(super) async fn login(State(st): State<UiState>, Form(f): Form<LoginForm>) -
             ),
         );
     }
-    let Some(op) = st.app.operators.login(&user, f.password.trim()).cloned() else {
+    let signed_in = st
+        .app
+        .operators
+        .login(&user, f.password.trim())
+        .and_then(|op| st.app.operators.by_user(&op.user))
+        .map(|(op, hash)| (op.clone(), hash.to_string()));
+    let Some((op, token_sha256)) = signed_in else {
         st.sessions.failed(&user, ui.lockout_secs);
         tracing::warn!(user = %user, "Dashboard login failed: wrong user name or token.");
         ops::audit_session(
@@ -134,8 +190,21 @@ pub(super) async fn login(State(st): State<UiState>, Form(f): Form<LoginForm>) -
         .await;
         return refuse(StatusCode::UNAUTHORIZED, "Wrong user name or password.");
     };
+    let session = match st
+        .sessions
+        .create(op.clone(), &token_sha256, ui.session_ttl_secs)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(operator = %op.user, error = %e, "Dashboard login failed: the session could not be stored.");
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The sign-in could not be recorded in the store (see the hub's log); try again shortly.",
+            );
+        }
+    };
     st.sessions.succeeded(&user);
-    let session = st.sessions.create(op.clone(), ui.session_ttl_secs);
     tracing::info!(operator = %op.user, "Dashboard login.");
     ops::audit_session(
         &st.app,
@@ -147,13 +216,18 @@ pub(super) async fn login(State(st): State<UiState>, Form(f): Form<LoginForm>) -
     .await;
     (
         StatusCode::SEE_OTHER,
-        [
+        AppendHeaders([
             (
                 header::SET_COOKIE,
                 session::set_cookie(Some(&session), ui.secure_cookie, ui.session_ttl_secs),
             ),
+            // The form's token has done its job; a new login page gets a new one.
+            (
+                header::SET_COOKIE,
+                session::set_login_cookie(None, ui.secure_cookie),
+            ),
             (header::LOCATION, next),
-        ],
+        ]),
     )
         .into_response()
 }
@@ -172,7 +246,11 @@ pub(super) async fn logout(
     if let Err(r) = u.check_csrf(&headers, f.csrf.as_deref()) {
         return r.into_response();
     }
-    st.sessions.remove(&u.0.id);
+    // Committed before answering: the cookie is then dead on every instance.
+    if let Err(e) = st.sessions.remove(&u.0.id).await {
+        tracing::error!(operator = %u.op().user, error = %e, "Dashboard logout failed: the session could not be deleted.");
+        return UiError::from(e).into_response();
+    }
     ops::audit_session(
         &st.app,
         &u.op().user,

@@ -167,6 +167,8 @@ pub struct TestHub {
     pub amqp_prefix: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The `spawn_with` overrides, for `restart`.
+    env: Vec<(String, String)>,
     _pg: Option<PgDb>,
     /// Keeps the temp tree (config, SQLite file) alive for the hub's lifetime.
     _config: TestConfig,
@@ -179,10 +181,6 @@ impl TestHub {
 
     /// `env` adds overrides (`SYNCHUB__...`) on top of the private store and port 0.
     pub async fn spawn_with(backend: Backend, config: TestConfig, env: &[(&str, &str)]) -> TestHub {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        if std::env::var("TEST_LOG").is_ok() {
-            synchub::telemetry::init_logging(synchub::settings::LogFormat::Text, "info");
-        }
         let (store_url, pg) = match backend {
             Backend::Sqlite => (
                 format!("sqlite://{}/data/hub.db", config.dir.path().display()),
@@ -193,6 +191,37 @@ impl TestHub {
                 (db.url.clone(), Some(db))
             }
         };
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        TestHub::start(store_url, pg, config, env).await
+    }
+
+    /// Stops this hub and starts a new one on the same store, configuration and overrides: a
+    /// restart (the new hub has a new port in `base`).
+    pub async fn restart(mut self) -> TestHub {
+        self.shutdown().await;
+        let (pg, config) = (self._pg.take(), self._config);
+        TestHub::start(self.store_url, pg, config, self.env).await
+    }
+
+    /// A second instance on this hub's store with `config` (e.g. `TestConfig::shipped()`), as
+    /// a scale-out deployment runs it; it has its own port and AMQP names.
+    pub async fn spawn_beside(&self, config: TestConfig) -> TestHub {
+        TestHub::start(self.store_url.clone(), None, config, self.env.clone()).await
+    }
+
+    async fn start(
+        store_url: String,
+        pg: Option<PgDb>,
+        config: TestConfig,
+        env: Vec<(String, String)>,
+    ) -> TestHub {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        if std::env::var("TEST_LOG").is_ok() {
+            synchub::telemetry::init_logging(synchub::settings::LogFormat::Text, "info");
+        }
         let mut vars: Vec<(String, String)> = vec![
             ("SYNCHUB__STORE__URL".into(), store_url.clone()),
             ("SYNCHUB__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
@@ -214,7 +243,7 @@ impl TestHub {
                 "600000".into(),
             ));
         }
-        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        vars.extend(env.iter().cloned());
         // Every dealer's DMS is "online" unless the test says otherwise: customer change events
         // then deliver instead of retrying as unroutable.
         if !env.iter().any(|(k, _)| *k == NO_DMS_QUEUES) {
@@ -245,6 +274,7 @@ impl TestHub {
             amqp_prefix: prefix,
             stop: Some(tx),
             task: Some(task),
+            env,
             _pg: pg,
             _config: config,
         }
@@ -332,6 +362,10 @@ impl TestHub {
     }
 
     pub async fn stop(mut self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }

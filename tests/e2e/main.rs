@@ -20,3 +20,4 @@ mod soap;
 mod store_conformance;
 mod ui;
 mod ui_browser;
+mod ui_sessions;

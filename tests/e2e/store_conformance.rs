@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use synchub::store::journal::{self, AttemptRecord, NewDelivery, NewMessage, PreparedRecord};
+use synchub::store::ui_sessions::{self, SessionRow};
 use synchub::store::{Store, StoreError, now_ms};
 use synchub_adapter_sdk::RecordVerdict;
 use uuid::Uuid;
@@ -253,8 +254,78 @@ where
     let all: HashSet<i64> = a.iter().chain(b.iter()).copied().collect();
     assert_eq!(all.len(), a.len() + b.len(), "a delivery was claimed twice");
     assert_eq!(all.len(), 300);
+
+    sessions(&store, &other).await;
     other.close().await;
     store.close().await;
+}
+
+/// Dashboard sessions: written through one handle, seen through the other; a renewal never
+/// shortens a session nor revives an expired one; a sign-in purges expired sessions.
+async fn sessions(store: &Store, other: &Store) {
+    async fn put(store: &Store, row: SessionRow, now: i64) -> u64 {
+        store
+            .write(move |c| Box::pin(async move { ui_sessions::insert(c, &row, now).await }))
+            .await
+            .expect("insert session")
+    }
+    async fn extend(store: &Store, key: &'static str, to: i64, now: i64) -> bool {
+        store
+            .write(move |c| Box::pin(async move { ui_sessions::extend(c, key, to, now).await }))
+            .await
+            .expect("extend session")
+    }
+    async fn delete(store: &Store, key: &'static str) -> bool {
+        store
+            .write(move |c| Box::pin(async move { ui_sessions::delete(c, key).await }))
+            .await
+            .expect("delete session")
+    }
+    let now = now_ms();
+    let row = |key: &str, expires_at: i64| SessionRow {
+        id_hash: key.into(),
+        operator: "admin".into(),
+        credential: "cred".into(),
+        csrf: "csrf".into(),
+        created_at: now,
+        expires_at,
+    };
+    assert_eq!(put(store, row("old", now - 1), now - 10).await, 0);
+    assert_eq!(
+        put(other, row("live", now + 1_000), now).await,
+        1,
+        "expired purged"
+    );
+    let found = ui_sessions::find(store.pool(), "live").await.unwrap();
+    assert_eq!(found, Some(row("live", now + 1_000)));
+    assert!(
+        ui_sessions::find(other.pool(), "old")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        !extend(store, "live", now + 500, now).await,
+        "never shortened"
+    );
+    assert!(extend(other, "live", now + 5_000, now).await);
+    let e = ui_sessions::find(store.pool(), "live")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.expires_at, now + 5_000);
+    assert!(
+        !extend(store, "live", now + 9_000, now + 6_000).await,
+        "an expired session is not revived"
+    );
+    assert!(delete(other, "live").await);
+    assert!(!delete(store, "live").await);
+    assert!(
+        ui_sessions::find(store.pool(), "live")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[tokio::test]

@@ -8,13 +8,18 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{ADMIN, Backend, IT_D0001, TestConfig, TestHub, sample};
 
-/// A browser-like client: keeps the session cookie by hand and never follows redirects, so
-/// tests see the 303s the dashboard answers with.
+/// A browser-like client: keeps the session cookie (and the login form's pre-session cookie) by
+/// hand and never follows redirects, so tests see the 303s the dashboard answers with.
 pub struct UiClient {
     pub base: String,
     client: reqwest::Client,
+    /// `synchub_session=<id>` once signed in.
     pub cookie: Option<String>,
     pub csrf: String,
+    /// `synchub_login=<token>` from the last login page.
+    pub login_cookie: Option<String>,
+    /// The CSRF token in the last login page's form.
+    pub login_token: String,
 }
 
 pub struct Page {
@@ -33,6 +38,8 @@ impl UiClient {
                 .expect("client"),
             cookie: None,
             csrf: String::new(),
+            login_cookie: None,
+            login_token: String::new(),
         }
     }
 
@@ -46,26 +53,72 @@ impl UiClient {
         c
     }
 
+    /// Opens the login page, as a browser does before signing in (sending the pre-session
+    /// cookie it holds): keeps the page's pre-session cookie and form token.
+    pub async fn login_form(&mut self) -> Page {
+        let mut req = self.client.get(format!("{}/ui/login", self.base));
+        if let Some(c) = &self.login_cookie {
+            req = req.header("Cookie", c);
+        }
+        let r = req.send().await.expect("login form request");
+        self.keep_cookies(&r);
+        let p = page(r).await;
+        assert_eq!(p.status, 200, "{}", p.body);
+        self.login_token = csrf_of(&p.body);
+        p
+    }
+
+    /// Signs in through the login page: GET the form, POST it with its token and cookie.
     pub async fn try_login(&mut self, user: &str, password: &str) -> Page {
-        let r = self
-            .client
-            .post(format!("{}/ui/login", self.base))
-            .header("Content-Type", FORM)
-            .body(form_body(&[
+        self.login_form().await;
+        let (cookie, token) = (self.login_cookie.clone(), self.login_token.clone());
+        self.post_login(
+            &[
                 ("username", user),
                 ("password", password),
                 ("next", "/ui/"),
-            ]))
-            .send()
-            .await
-            .expect("login request");
-        if let Some(c) = r.headers().get("set-cookie").and_then(|v| v.to_str().ok()) {
+                ("csrf", &token),
+            ],
+            cookie.as_deref(),
+        )
+        .await
+    }
+
+    /// Posts the login form as given, with `cookie` as the request's only cookie.
+    pub async fn post_login(&mut self, form: &[(&str, &str)], cookie: Option<&str>) -> Page {
+        let mut req = self
+            .client
+            .post(format!("{}/ui/login", self.base))
+            .header("Content-Type", FORM)
+            .body(form_body(form));
+        if let Some(c) = cookie {
+            req = req.header("Cookie", c);
+        }
+        let r = req.send().await.expect("login request");
+        self.keep_cookies(&r);
+        page(r).await
+    }
+
+    /// Keeps what the response's `Set-Cookie`s set, checking the flags every dashboard cookie has.
+    fn keep_cookies(&mut self, r: &reqwest::Response) {
+        for c in r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+        {
             assert!(c.contains("HttpOnly"), "{c}");
             assert!(c.contains("SameSite=Strict"), "{c}");
             assert!(c.contains("Path=/ui"), "{c}");
-            self.cookie = c.split(';').next().map(str::to_string);
+            let pair = c.split(';').next().unwrap_or_default().to_string();
+            let (name, value) = pair.split_once('=').unwrap_or((&pair, ""));
+            let kept = (!value.is_empty()).then(|| pair.clone());
+            match name {
+                "synchub_session" => self.cookie = kept,
+                "synchub_login" => self.login_cookie = kept,
+                other => panic!("unexpected cookie {other}: {c}"),
+            }
         }
-        page(r).await
     }
 
     pub async fn get(&self, path: &str) -> Page {

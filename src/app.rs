@@ -111,6 +111,9 @@ impl PurgeJob {
                     .execute(&mut *c)
                     .await?
                     .rows_affected();
+                    // The overview looks back one day; a second day is margin for clock skew.
+                    crate::store::stats::purge(c, crate::store::now_ms() - 2 * 86_400_000)
+                        .await?;
                     Ok(n)
                 })
             })

@@ -182,25 +182,6 @@ pub async fn state(pool: &AnyPool, id: i64) -> Result<Option<Value>, StoreError>
     .transpose()
 }
 
-/// Last successful delivery per (route, dealer) for dealer flows: `[{route, dealer_code,
-/// last_success_ms}]`, limited to `scope` when given.
-pub async fn freshness_by_dealer(
-    pool: &AnyPool,
-    scope: Option<&str>,
-) -> Result<Vec<(String, String, i64)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT route, dealer_code, MAX(updated_at) FROM deliveries WHERE status = 'delivered' \
-         AND dealer_code IS NOT NULL AND ($1 = '' OR dealer_code = $1) GROUP BY route, dealer_code \
-         ORDER BY route, dealer_code",
-    )
-    .bind(scope.unwrap_or(""))
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .collect()
-}
-
 /// A message's place in its causal chain: `(id, parent_id, kind, endpoint, record_type,
 /// status, dealer_code, received_at_ms)`.
 pub type ChainNode = (

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::rows::{
     Arg, insert_rows, insert_rows_returning, update_from_values, update_from_values_returning_ids,
 };
+use super::stats::Tally;
 use super::{Dialect, StoreError, now_ms};
 
 /// The transport unit as journaled.
@@ -127,6 +128,15 @@ pub async fn insert_messages(
     conn: &mut AnyConnection,
     ms: &[&NewMessage],
 ) -> Result<(), StoreError> {
+    let mut tally = Tally::default();
+    for m in ms {
+        tally.message(
+            m.routes.iter().map(String::as_str),
+            m.dealer_code.as_deref(),
+            m.received_at,
+            m.status == "rejected",
+        );
+    }
     insert_rows(
         conn,
         "messages",
@@ -135,7 +145,7 @@ pub async fn insert_messages(
         "",
     )
     .await?;
-    Ok(())
+    tally.write(conn).await
 }
 
 pub async fn insert_message(conn: &mut AnyConnection, m: &NewMessage) -> Result<(), StoreError> {
@@ -387,6 +397,8 @@ pub async fn insert_prepared(
 
 /// Column positions in a message row that the accept transaction may still change.
 const MSG_ROUTES: usize = 5;
+const MSG_RECEIVED: usize = 6;
+const MSG_DEALER: usize = 9;
 const MSG_STATUS: usize = 11;
 const MSG_REASON: usize = 12;
 const MSG_ENTITY: usize = 13;
@@ -616,6 +628,14 @@ pub async fn commit_staged(
             row[MSG_REASON] = format!("duplicate of message {first}: no second effect").into();
             row[MSG_ENTITY] = entity.clone().into();
             row[MSG_ROUTES] = Arg::Text(None);
+            // Found by the id it duplicates, like the first copy: search reads only the keys.
+            if let Some(id) = entity {
+                key_rows(
+                    rec.message_id,
+                    &[(entity_key_kind(rec.record_type.as_deref()), id.clone())],
+                    &mut st.keys,
+                );
+            }
             verdicts.push(RecordVerdict::Accepted {
                 message_id: rec.message_id,
                 id: entity.clone(),
@@ -638,6 +658,25 @@ pub async fn commit_staged(
             });
         }
     }
+    let mut tally = Tally::default();
+    for row in &st.messages {
+        let text = |i: usize| match &row[i] {
+            Arg::Text(t) => t.as_deref(),
+            _ => None,
+        };
+        let received_at = match row[MSG_RECEIVED] {
+            Arg::Int(Some(t)) => t,
+            _ => now,
+        };
+        if let Some(routes) = text(MSG_ROUTES) {
+            tally.message(
+                routes.split(','),
+                text(MSG_DEALER),
+                received_at,
+                text(MSG_STATUS) == Some("rejected"),
+            );
+        }
+    }
     insert_rows(conn, "messages", MESSAGE_COLS, st.messages, "").await?;
     insert_rows(
         conn,
@@ -648,6 +687,7 @@ pub async fn commit_staged(
     )
     .await?;
     insert_rows(conn, "deliveries", DELIVERY_COLS, delivery_rows, "").await?;
+    tally.write(conn).await?;
     Ok(verdicts)
 }
 
@@ -949,6 +989,11 @@ pub async fn complete_each(
         .collect();
     if !recorded.is_empty() {
         insert_attempts(conn, &recorded).await?;
+        let mut tally = Tally::default();
+        for (c, a) in &recorded {
+            tally.outcome(&c.route, c.dealer_code.as_deref(), now, a.status);
+        }
+        tally.write(conn).await?;
     }
     Ok(held)
 }

@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod queries;
 pub mod rows;
 pub mod sqlite;
+pub mod stats;
 pub mod ui_sessions;
 
 use std::future::Future;

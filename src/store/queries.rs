@@ -75,11 +75,14 @@ pub async fn search_messages(pool: &AnyPool, s: &Search) -> Result<Vec<Value>, S
     };
     if let Some(key) = &s.key {
         let k = key.trim().to_string();
-        let a = p(&mut binds, Bind::Text(k.clone()));
-        let b = p(&mut binds, Bind::Text(k));
+        let a = p(&mut binds, Bind::Text(k));
+        // Every way a key can name a message is an indexed lookup of its own, and their union
+        // is a handful of ids; an OR over the columns let the planner scan the whole journal.
+        // The id the hub gave a record is one of its keys (see `journal::commit_staged`).
         sql.push_str(&format!(
-            " AND (m.id IN (SELECT message_id FROM message_keys WHERE value = {a}) OR m.id = {b} \
-             OR m.parent_id = {b} OR m.entity_id = {b})"
+            " AND m.id IN (SELECT message_id FROM message_keys WHERE value = {a} \
+             UNION ALL SELECT id FROM messages WHERE id = {a} \
+             UNION ALL SELECT id FROM messages WHERE parent_id = {a})"
         ));
     }
     if let Some(v) = &s.status {
@@ -262,53 +265,28 @@ pub async fn delivery_dealer(
     })
 }
 
-/// Per-route figures for the last hour and day, backlog age and last success.
+/// Per-route figures for the last hour and day (from the per-minute flow figures, see
+/// `stats`), backlog age and last success.
 pub async fn flows(
     pool: &AnyPool,
     route_ids: &[String],
     dealer: Option<&str>,
 ) -> Result<Vec<Value>, StoreError> {
     let now = now_ms();
+    let hour = super::stats::figures_since(pool, now - 3_600_000, dealer).await?;
+    let day = super::stats::figures_since(pool, now - 86_400_000, dealer).await?;
+    let none = json!({"received": 0, "rejected_records": 0, "delivered": 0, "rejected": 0});
     let mut out = Vec::new();
     for route in route_ids {
         let mut figures = serde_json::Map::new();
-        for (label, since) in [
-            ("last_hour", now - 3_600_000),
-            ("last_day", now - 86_400_000),
-        ] {
-            // A pending delivery that has been tried is retrying.
-            let rows = sqlx::query(
-                "SELECT CASE WHEN status = 'pending' AND attempts > 0 THEN 'retrying' ELSE status END, COUNT(*) \
-                 FROM deliveries WHERE route = $1 AND updated_at >= $2 AND ($3 = '' OR dealer_code = $3) \
-                 GROUP BY CASE WHEN status = 'pending' AND attempts > 0 THEN 'retrying' ELSE status END",
-            )
-            .bind(route.as_str())
-            .bind(since)
-            .bind(dealer.unwrap_or(""))
-            .fetch_all(pool)
-            .await?;
-            let mut f = json!({"delivered": 0, "rejected": 0, "retrying": 0, "pending": 0, "in_flight": 0, "parked": 0});
-            for r in rows {
-                let status: String = r.try_get(0)?;
-                let n: i64 = r.try_get(1)?;
-                f[status.as_str()] = json!(n);
-            }
-            let row = sqlx::query(
-                "SELECT COUNT(*), SUM(CASE WHEN status = 'rejected' THEN 1 ELSE 0 END) FROM messages \
-                 WHERE received_at >= $1 AND (',' || routes || ',') LIKE ('%,' || $2 || ',%') \
-                 AND ($3 = '' OR dealer_code = $3)",
-            )
-            .bind(since)
-            .bind(route.as_str())
-            .bind(dealer.unwrap_or(""))
-            .fetch_one(pool)
-            .await?;
-            let received: i64 = row.try_get(0)?;
-            let rejected_records: Option<i64> = row.try_get(1)?;
-            f["rejected_records"] = json!(rejected_records.unwrap_or(0));
-            f["received"] = json!(received);
-            figures.insert(label.into(), f);
-        }
+        figures.insert(
+            "last_hour".into(),
+            hour.get(route).cloned().unwrap_or_else(|| none.clone()),
+        );
+        figures.insert(
+            "last_day".into(),
+            day.get(route).cloned().unwrap_or_else(|| none.clone()),
+        );
         let backlog = sqlx::query(
             "SELECT MIN(created_at), COUNT(*), SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END) FROM deliveries \
              WHERE route = $1 AND status IN ('pending','in_flight') AND ($2 = '' OR dealer_code = $2)",

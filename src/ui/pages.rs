@@ -330,7 +330,7 @@ fn n(v: &Value, a: &str, b: &str) -> i64 {
 async fn flow_rows(st: &UiState, scope: Option<&str>) -> Result<Vec<FlowRow>, UiError> {
     let warn = st.app.ui.freshness_warn_secs;
     let flows = queries::flows(st.app.store.pool(), &st.app.route_ids, scope).await?;
-    let per_dealer = deliveries::freshness_by_dealer(st.app.store.pool(), scope).await?;
+    let per_dealer = crate::store::stats::freshness_by_dealer(st.app.store.pool(), scope).await?;
     let now = crate::store::now_ms();
     Ok(flows
         .iter()

@@ -372,3 +372,59 @@ async fn a_failing_mapping_rejects_the_delivery_not_the_record_and_a_fix_replays
     assert_eq!(sent, json!({"partner_ref": "WEB-M-1"}));
     hub.stop().await;
 }
+
+/// The overview's hour and day figures count what happened: messages received on the route,
+/// deliveries that reached the partner and those it refused (per-minute flow figures).
+async fn flow_figures_count_the_last_hour(backend: Backend) {
+    let partner = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("WEB-F-3"))
+        .respond_with(ResponseTemplate::new(422).set_body_string("mobile already taken"))
+        .with_priority(1)
+        .mount(&partner)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&partner)
+        .await;
+    let hub = hub_with_partner(&partner, backend).await;
+    for (i, mobile) in [(1, "13700000011"), (2, "13700000012"), (3, "13700000013")] {
+        let (s, r) = hub
+            .post_records(
+                "/api/v1/leads",
+                "demo-website",
+                &lead(&format!("WEB-F-{i}"), mobile),
+            )
+            .await;
+        assert_eq!(s, 202, "{r}");
+    }
+    hub.settle(30).await;
+    let (_, flows) = hub.get("/api/v1/flows", ADMIN).await;
+    let flow = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["route"] == "leads_to_partner")
+        .cloned()
+        .unwrap_or_else(|| panic!("no leads_to_partner flow: {flows}"));
+    for window in ["last_hour", "last_day"] {
+        assert_eq!(
+            flow[window],
+            json!({"received": 3, "rejected_records": 0, "delivered": 2, "rejected": 1}),
+            "{window}: {flow}"
+        );
+    }
+    assert_eq!(flow["backlog"], 0, "{flow}");
+    assert!(flow["last_success"].is_string(), "{flow}");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn flow_figures_count_the_last_hour_sqlite() {
+    flow_figures_count_the_last_hour(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn flow_figures_count_the_last_hour_postgres() {
+    flow_figures_count_the_last_hour(Backend::Postgres).await;
+}

@@ -336,7 +336,9 @@ async fn main() {
     let vehicles = vehicle_requests * VEHICLES_PER_REQUEST;
     let customers = customer_requests * CUSTOMERS_PER_REQUEST;
     let mut rng = rand::rng();
-    let picks: Vec<usize> = (0..samples).map(|_| rng.random_range(0..vehicles)).collect();
+    let picks: Vec<usize> = (0..samples)
+        .map(|_| rng.random_range(0..vehicles))
+        .collect();
     let admin = ("Authorization", "Bearer demo-admin");
 
     let by_vin: Vec<(String, Option<String>)> = picks
@@ -354,7 +356,10 @@ async fn main() {
     let by_mobile: Vec<(String, Option<String>)> = (0..samples)
         .map(|_| {
             let i = rng.random_range(0..customers);
-            (format!("/api/v1/messages?key=138{i:08}"), Some(format!("DMS-C-{i}")))
+            (
+                format!("/api/v1/messages?key=138{i:08}"),
+                Some(format!("DMS-C-{i}")),
+            )
         })
         .collect();
     report(
@@ -401,6 +406,17 @@ async fn main() {
         "search page by VIN",
         200.0,
         timed(&client, &base, ui, &pages).await,
+    );
+    let dealer_pages: Vec<(String, Option<String>)> = (0..samples.min(50))
+        .map(|k| {
+            let d = format!("D{:04}", 1 + k % DEALERS);
+            (format!("/ui/search?q={d}"), Some(d))
+        })
+        .collect();
+    report(
+        "search page by dealer code (newest 200)",
+        200.0,
+        timed(&client, &base, ui, &dealer_pages).await,
     );
     // The detail page of a vehicle record: raw body, keys, deliveries and attempts.
     let mut details = Vec::new();

@@ -183,6 +183,33 @@ pub(crate) async fn apply_campaign(
     Ok(Applied { summary, events })
 }
 
+/// A result from the campaign's dealer resolves that dealer's open campaign-task escalation;
+/// true when there was one.
+pub(crate) async fn resolve_escalation(
+    conn: &mut AnyConnection,
+    rec: &Map<String, Value>,
+    result_id: &str,
+) -> Result<bool, CrmFailure> {
+    let code = str_field(rec, "campaign_code").unwrap_or_default();
+    let dealer = str_field(rec, "dealer_code").unwrap_or_default();
+    let n = sqlx::query(
+        "UPDATE escalations SET status = 'resolved', resolved_at = $1, resolution = $2 \
+         WHERE kind = 'campaign' AND entity_id = $3 AND dealer_code = $4 AND status = 'open'",
+    )
+    .bind(crate::store::now_ms())
+    .bind(format!(
+        "result {result_id} ({}) from {dealer}",
+        str_field(rec, "result").unwrap_or_default()
+    ))
+    .bind(&code)
+    .bind(&dealer)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| CrmFailure::Store(e.into()))?
+    .rows_affected();
+    Ok(n > 0)
+}
+
 /// A dealer's result counts only for a campaign assigned to that dealer.
 pub(crate) async fn check_result(
     conn: &mut AnyConnection,

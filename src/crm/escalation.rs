@@ -2,7 +2,11 @@
 //! result by `respond_by`, records one escalation per (lead, dealer) — the table's unique key
 //! holds even when two hub instances run the job at once — counts it, and, when the rules say
 //! so, reassigns the lead to the next qualifying dealer with a new `lead.assigned`. A result
-//! from the lead's dealer resolves its open escalations (see `leads::on_result`).
+//! from the lead's dealer resolves its open escalations (see `leads::on_result`). Campaign
+//! tasks escalate the same way: a campaign assigned to a dealer that reported no result for it
+//! within `campaign_respond_within` raises one escalation of kind `campaign` per (campaign,
+//! dealer), recorded with how the `campaign.assigned` deliveries fared; the dealer's first
+//! result resolves it (see `campaigns::resolve_escalation`).
 
 use std::sync::Arc;
 
@@ -27,6 +31,8 @@ const PER_RUN: i64 = 500;
 pub struct Report {
     pub raised: usize,
     pub reassigned: usize,
+    /// Campaign tasks escalated.
+    pub campaign_tasks: usize,
 }
 
 /// The periodic job; `run` until shutdown, or `run_once` (tests, and each tick).
@@ -79,17 +85,29 @@ impl EscalationJob {
         let pipeline = self.pipeline.clone();
         let report = self
             .store
-            .write(move |c| Box::pin(async move { escalate(c, &rules, &pipeline, now_ms()).await }))
+            .write(move |c| {
+                Box::pin(async move {
+                    let now = now_ms();
+                    let mut report = escalate(c, &rules, &pipeline, now).await?;
+                    let within = rules.distribution.escalation.campaign_respond_within.0;
+                    report.campaign_tasks =
+                        escalate_campaigns(c, within.as_millis() as i64, now).await?;
+                    Ok(report)
+                })
+            })
             .await?;
-        if report.raised > 0 {
-            metrics::counter!(m::ESCALATIONS, "kind" => "lead").increment(report.raised as u64);
+        for (kind, raised) in [("lead", report.raised), ("campaign", report.campaign_tasks)] {
+            if raised > 0 {
+                metrics::counter!(m::ESCALATIONS, "kind" => kind).increment(raised as u64);
+            }
+            let open: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM escalations WHERE kind = $1 AND status = 'open'",
+            )
+            .bind(kind)
+            .fetch_one(self.store.pool())
+            .await?;
+            metrics::gauge!(m::ESCALATIONS_OPEN, "kind" => kind).set(open as f64);
         }
-        let open: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM escalations WHERE kind = 'lead' AND status = 'open'",
-        )
-        .fetch_one(self.store.pool())
-        .await?;
-        metrics::gauge!(m::ESCALATIONS_OPEN, "kind" => "lead").set(open as f64);
         Ok(report)
     }
 }
@@ -278,6 +296,89 @@ async fn escalate(
         .await?;
     }
     Ok(report)
+}
+
+/// Raises an escalation for every campaign assignment older than `within_ms` whose dealer has
+/// reported no result for it; returns how many were raised.
+async fn escalate_campaigns(
+    conn: &mut AnyConnection,
+    within_ms: i64,
+    now: i64,
+) -> Result<usize, StoreError> {
+    let rows = sqlx::query(
+        "SELECT a.ref, a.dealer_code, a.created_at FROM crm_records a \
+         WHERE a.entity = $1 AND a.created_at <= $2 AND a.ref IS NOT NULL AND a.dealer_code IS NOT NULL \
+         AND NOT EXISTS (SELECT 1 FROM escalations e WHERE e.kind = 'campaign' \
+             AND e.entity_id = a.ref AND e.dealer_code = a.dealer_code) \
+         AND NOT EXISTS (SELECT 1 FROM crm_records r WHERE r.entity = 'campaign_result' \
+             AND r.ref = a.ref AND r.dealer_code = a.dealer_code) \
+         ORDER BY a.created_at, a.id LIMIT $3",
+    )
+    .bind(super::campaigns::ASSIGNMENT)
+    .bind(now - within_ms)
+    .bind(PER_RUN)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut raised = 0;
+    for r in rows {
+        let code: String = r.try_get(0)?;
+        let dealer: String = r.try_get(1)?;
+        let assigned_at: i64 = r.try_get(2)?;
+        let fared = campaign_delivery_state(conn, &code, &dealer).await?;
+        let action = format!(
+            "recorded: no result from {dealer} for campaign {code} within {} h of its assignment ({fared})",
+            within_ms / 3_600_000
+        );
+        raised += sqlx::query(
+            "INSERT INTO escalations (kind, entity_id, dealer_code, due_at, raised_at, status, action) \
+             VALUES ('campaign', $1, $2, $3, $4, 'open', $5) ON CONFLICT (kind, entity_id, dealer_code) DO NOTHING",
+        )
+        .bind(&code)
+        .bind(&dealer)
+        .bind(assigned_at + within_ms)
+        .bind(now)
+        .bind(action)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected() as usize;
+    }
+    Ok(raised)
+}
+
+/// How the `campaign.assigned` deliveries for this dealer fared (DMS and DCS), in words.
+async fn campaign_delivery_state(
+    conn: &mut AnyConnection,
+    code: &str,
+    dealer: &str,
+) -> Result<String, StoreError> {
+    let rows = sqlx::query(
+        "SELECT d.target, d.status, d.last_reason FROM deliveries d \
+         JOIN messages m ON m.id = d.message_id \
+         JOIN message_keys k ON k.message_id = m.id AND k.kind = 'campaign_code' AND k.value = $1 \
+         WHERE m.record_type = $2 AND d.dealer_code = $3 ORDER BY d.id",
+    )
+    .bind(code)
+    .bind(super::campaigns::EVENT)
+    .bind(dealer)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.is_empty() {
+        return Ok(format!(
+            "no delivery of campaign.assigned to {dealer} found"
+        ));
+    }
+    let mut parts = Vec::new();
+    for r in rows {
+        let target: String = r.try_get(0)?;
+        let status: String = r.try_get(1)?;
+        let reason: Option<String> = r.try_get(2)?;
+        parts.push(match (status.as_str(), reason) {
+            ("delivered", _) => format!("{target}: delivered"),
+            (s, Some(why)) => format!("{target}: {s}: {why}"),
+            (s, None) => format!("{target}: {s}"),
+        });
+    }
+    Ok(format!("campaign.assigned {}", parts.join("; ")))
 }
 
 /// How the `lead.assigned` for this dealer fared, in words for the escalation.

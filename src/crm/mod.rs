@@ -480,8 +480,13 @@ async fn apply_one(
             };
             unit.upsert(conn, "campaign_result", &id, &rec, &cols, &src)
                 .await?;
+            let resolved = if campaigns::resolve_escalation(conn, &rec, &id).await? {
+                ", escalation resolved"
+            } else {
+                ""
+            };
             Ok(Applied {
-                summary: format!("campaign result {id} recorded"),
+                summary: format!("campaign result {id} recorded{resolved}"),
                 events: vec![],
             })
         }

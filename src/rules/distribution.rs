@@ -75,10 +75,18 @@ pub struct EscalationRules {
     /// dealer's results are then refused).
     #[serde(default)]
     pub reassign_on_escalation: bool,
+    /// How long a dealer has to report a first result for a campaign assigned to it before the
+    /// campaign task escalates (`3d`).
+    #[serde(default = "three_days")]
+    pub campaign_respond_within: Span,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn three_days() -> Span {
+    Span(std::time::Duration::from_secs(3 * 86_400))
 }
 
 impl DistributionRules {

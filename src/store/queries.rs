@@ -79,11 +79,30 @@ pub async fn search_messages(pool: &AnyPool, s: &Search) -> Result<Vec<Value>, S
         // Every way a key can name a message is an indexed lookup of its own, and their union
         // is a handful of ids; an OR over the columns let the planner scan the whole journal.
         // The id the hub gave a record is one of its keys (see `journal::commit_staged`).
-        sql.push_str(&format!(
-            " AND m.id IN (SELECT message_id FROM message_keys WHERE value = {a} \
-             UNION ALL SELECT id FROM messages WHERE id = {a} \
-             UNION ALL SELECT id FROM messages WHERE parent_id = {a})"
-        ));
+        let unfiltered = s.status.is_none()
+            && s.endpoint.is_none()
+            && s.route.is_none()
+            && s.since_ms.is_none()
+            && s.dealer.is_none();
+        if unfiltered {
+            // A dealer code or a busy mobile names tens of thousands of messages; only the
+            // newest `limit` are shown. Message ids are UUIDv7 (time-ordered text), so the
+            // newest are the greatest ids, picked from the key index without reading the rest.
+            let l = p(&mut binds, Bind::Int(s.limit.clamp(1, 1000)));
+            sql.push_str(&format!(
+                " AND m.id IN (SELECT id FROM (SELECT DISTINCT message_id AS id FROM message_keys \
+                 WHERE value = {a} ORDER BY id DESC LIMIT {l}) AS k \
+                 UNION ALL SELECT id FROM messages WHERE id = {a} \
+                 UNION ALL SELECT id FROM (SELECT id FROM messages WHERE parent_id = {a} \
+                 ORDER BY id DESC LIMIT {l}) AS c)"
+            ));
+        } else {
+            sql.push_str(&format!(
+                " AND m.id IN (SELECT message_id FROM message_keys WHERE value = {a} \
+                 UNION ALL SELECT id FROM messages WHERE id = {a} \
+                 UNION ALL SELECT id FROM messages WHERE parent_id = {a})"
+            ));
+        }
     }
     if let Some(v) = &s.status {
         let a = p(&mut binds, Bind::Text(v.clone()));

@@ -438,14 +438,26 @@ async fn a_broker_outage_mid_stream_loses_and_duplicates_nothing() {
                 .map(|i| format!("CR-{i}"))
                 .filter(|r| !refs.contains(r.as_str()))
                 .collect();
-            let not_accepted: Vec<&(String, String, String)> =
-                journaled.iter().filter(|(_, s, _)| s != "accepted").collect();
+            let not_accepted: Vec<&(String, String, String)> = journaled
+                .iter()
+                .filter(|(_, s, _)| s != "accepted")
+                .collect();
             let queues = Command::new("rabbitmqctl")
-                .args(["list_queues", "-q", "name", "messages_ready", "messages_unacknowledged", "consumers"])
+                .args([
+                    "list_queues",
+                    "-q",
+                    "name",
+                    "messages_ready",
+                    "messages_unacknowledged",
+                    "consumers",
+                ])
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
-            let queues: Vec<&str> = queues.lines().filter(|l| l.contains(&hub.amqp_prefix)).collect();
+            let queues: Vec<&str> = queues
+                .lines()
+                .filter(|l| l.contains(&hub.amqp_prefix))
+                .collect();
             panic!(
                 "after the outage: {} of {EACH_WAY} published to the DMS, {results} of {EACH_WAY} results stored; deliveries (target, status, count, max attempts): {states:?}; results never journaled: {never:?}; journaled but not accepted: {not_accepted:?}; the hub's queues (name, ready, unacked, consumers): {queues:?}",
                 seen.len()

@@ -923,3 +923,97 @@ pub async fn create_campaign(hub: &TestHub, code: &str, dealers: &[&str]) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The campaign-task escalations of `code`, as the ops API shows them: dealer → escalation.
+async fn campaign_escalations(hub: &TestHub, code: &str) -> Vec<Value> {
+    let (s, list) = hub.get("/api/v1/escalations?kind=campaign", ADMIN).await;
+    assert_eq!(s, 200, "{list}");
+    list["escalations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["entity_id"] == code)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unanswered_campaign_task_escalates_and_the_dealers_first_result_resolves_it() {
+    let config = TestConfig::shipped();
+    let rules = config.config_dir().join("rules/lead_distribution.toml");
+    let text = std::fs::read_to_string(&rules).expect("shipped distribution rules");
+    for from in ["campaign_respond_within = \"3d\"", "interval = \"1m\""] {
+        assert!(text.contains(from), "`{from}` not in the shipped rules");
+    }
+    let text = text
+        .replace(
+            "campaign_respond_within = \"3d\"",
+            "campaign_respond_within = \"2s\"",
+        )
+        .replace("interval = \"1m\"", "interval = \"1s\"");
+    std::fs::write(&rules, text).expect("write rules");
+    let hub = TestHub::spawn_with(Backend::Sqlite, config, &[]).await;
+    let code = "C2026-12-ESCALATE";
+    create_campaign(&hub, code, &["D0001", "D0002"]).await;
+
+    // Neither dealer reports within 2 s: one escalation each, saying how the task was delivered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let open = loop {
+        let open = campaign_escalations(&hub, code).await;
+        if open.len() == 2 {
+            break open;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "campaign tasks never escalated: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for e in &open {
+        assert_eq!(e["status"], "open", "{e}");
+        let action = e["action"].as_str().unwrap();
+        assert!(
+            action.contains(&format!(
+                "no result from {}",
+                e["dealer_code"].as_str().unwrap()
+            )),
+            "{e}"
+        );
+        assert!(action.contains("campaign.assigned"), "{e}");
+        assert!(action.contains("dms_amqp_out: delivered"), "{e}");
+        assert!(action.contains("dcs_tasks_soap_out: parked"), "{e}");
+    }
+    assert!(
+        metric(&hub, "hub_escalations_total{kind=\"campaign\"}").await >= 2.0,
+        "escalations are counted"
+    );
+
+    // D0001 reports a result: its escalation is resolved, D0002's stays open.
+    let mut result = sample("rest/campaign-result.request.json");
+    result["source_ref"] = json!("R-ESC-1");
+    result["campaign_code"] = json!(code);
+    result["dealer_code"] = json!("D0001");
+    let (s, r) = hub
+        .post_records("/api/v1/dms/campaign-results", "demo-dms-D0001", &result)
+        .await;
+    assert_eq!(s, 202, "{r}");
+    hub.settle(30).await;
+    let now = campaign_escalations(&hub, code).await;
+    let of = |d: &str| {
+        now.iter()
+            .find(|e| e["dealer_code"] == d)
+            .cloned()
+            .unwrap_or_else(|| panic!("no escalation for {d}: {now:?}"))
+    };
+    let d1 = of("D0001");
+    assert_eq!(d1["status"], "resolved", "{d1}");
+    assert!(
+        d1["resolution"].as_str().unwrap().ends_with("from D0001"),
+        "{d1}"
+    );
+    assert_eq!(of("D0002")["status"], "open");
+    // Running again raises nothing new for the same (campaign, dealer).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(campaign_escalations(&hub, code).await.len(), 2);
+    hub.stop().await;
+}

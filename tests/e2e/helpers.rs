@@ -419,3 +419,21 @@ pub fn sample(rel: &str) -> Value {
         std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("sample {}: {e}", p.display()));
     serde_json::from_str(&text).expect("sample is JSON")
 }
+
+/// The value of the first `/metrics` line starting with `name` (labels included), 0 if none.
+pub async fn metric(hub: &TestHub, name: &str) -> f64 {
+    let text = hub
+        .client
+        .get(format!("{}/metrics", hub.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}

@@ -774,23 +774,6 @@ async fn leads_only_the_assigned_dealer_may_report_results_over_amqp_and_rest() 
     hub.stop().await;
 }
 
-async fn metric(hub: &TestHub, name: &str) -> f64 {
-    let text = hub
-        .client
-        .get(format!("{}/metrics", hub.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Waits for the escalation of `lead` at `dealer` with `status`, as the ops API shows it.
 async fn escalation(hub: &TestHub, lead: &str, dealer: &str, status: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -88,10 +88,10 @@ impl Link {
     pub async fn superseded(&self, generation: u64) {
         let mut rx = self.session.subscribe();
         loop {
-            if !rx
+            if rx
                 .borrow_and_update()
                 .as_ref()
-                .is_some_and(|s| s.generation == generation)
+                .is_none_or(|s| s.generation != generation)
             {
                 return;
             }

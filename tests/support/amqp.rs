@@ -6,7 +6,7 @@ use lapin::types::{AMQPValue, FieldTable};
 /// Declares the hub's dealer exchange `<prefix>synchub.dealer` (as the hub does) and the queue
 /// `<prefix><name>` bound to it with `key`. The queue expires when idle, so nothing piles up on
 /// a shared broker; `durable` when it must survive a broker crash.
-pub async fn dms_queue(
+pub(crate) async fn dms_queue(
     ch: &lapin::Channel,
     prefix: &str,
     name: &str,

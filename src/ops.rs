@@ -330,6 +330,21 @@ pub async fn decide_approval(
 }
 
 /// Records a headquarters customer edit (the edit itself is the CRM API's).
+/// The audit row of a customer merge or erasure; the caller writes it in the removal's own
+/// transaction, so a removal is never left unaudited.
+pub fn customer_removal(
+    op: &Operator,
+    action: &'static str,
+    id: &str,
+    before: Value,
+    after: Value,
+) -> AuditEntry {
+    let mut e = entry(op, Channel::Api, action, format!("customer:{id}"));
+    e.before = Some(before);
+    e.after = Some(after);
+    e
+}
+
 pub async fn audit_customer_edit(
     st: &AppState,
     op: &Operator,

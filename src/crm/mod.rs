@@ -7,6 +7,7 @@ pub mod campaigns;
 pub mod escalation;
 pub mod leads;
 pub mod reads;
+pub mod removal;
 pub mod unit;
 
 use std::collections::HashMap;
@@ -519,6 +520,8 @@ async fn apply_one(
                     .get("owner")
                     .and_then(Value::as_object)
                     .and_then(|o| str_field(o, "mobile")),
+                // A customer's vehicles are found by `ref` (see `removal`).
+                reference: str_field(&rec, "owner_customer_id"),
                 ..Default::default()
             };
             let up = unit.upsert(conn, "vehicle", &id, &rec, &cols, &src).await?;

@@ -51,6 +51,8 @@ pub static ENTITIES: [Entity; 7] = [
             ("address", "address"),
             ("email", "email"),
             ("updated_at", "updated_at"),
+            // Set on the tombstone of a merged customer: the id that lives on.
+            ("merged_into", "merged_into"),
         ],
     },
     Entity {

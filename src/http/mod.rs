@@ -59,8 +59,9 @@ pub fn router(state: AppState, partner_routes: Router) -> Router {
         .route("/api/v1/customers", get(customers_by_mobile))
         .route(
             "/api/v1/customers/{id}",
-            get(get_customer).put(put_customer),
+            get(get_customer).put(put_customer).delete(delete_customer),
         )
+        .route("/api/v1/customers/{id}/merge", post(merge_customer))
         .route("/api/v1/customers/{id}/history", get(customer_history))
         .route("/api/v1/vehicles/{vin}", get(get_vehicle))
         .route("/api/v1/dealers/{code}", get(get_dealer))
@@ -436,6 +437,84 @@ async fn put_customer(
     let after = json!({"customer_id": id, "version": version, "changed_fields": changed});
     crate::ops::audit_customer_edit(&st, &op, &id, before, after.clone()).await?;
     Ok(Json(after))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeBody {
+    into: String,
+}
+
+/// `POST /api/v1/customers/<id>/merge` `{"into": "<id>"}`: headquarters merges a duplicate into
+/// the customer it duplicates; its vehicles move over and extracts get a `merge` tombstone.
+async fn merge_customer(
+    op: Operator,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<MergeBody>,
+) -> Result<Json<Value>, ApiError> {
+    if !op.is_admin() {
+        return Err(ApiError::forbidden("only headquarters may merge customers"));
+    }
+    let into = body.into.trim().to_string();
+    let who = op.user.clone();
+    let op2 = op.clone();
+    let result = st
+        .store
+        .write(move |c| {
+            Box::pin(async move {
+                let m = crm::removal::merge_customer(c, &id, &into, &who).await?;
+                let after =
+                    json!({"customer_id": id, "merged_into": into, "vehicles_moved": m.vehicles});
+                let e = crate::ops::customer_removal(
+                    &op2,
+                    "merge_customer",
+                    &id,
+                    Value::Object(m.before),
+                    after.clone(),
+                );
+                crate::store::audit::insert(c, &e).await?;
+                Ok(after)
+            })
+        })
+        .await?;
+    Ok(Json(result))
+}
+
+/// `DELETE /api/v1/customers/<id>`: headquarters erases a customer; extracts get a `delete`
+/// tombstone that names only the id.
+async fn delete_customer(
+    op: Operator,
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !op.is_admin() {
+        return Err(ApiError::forbidden(
+            "only headquarters may delete customers",
+        ));
+    }
+    let who = op.user.clone();
+    let result = st
+        .store
+        .write(move |c| {
+            Box::pin(async move {
+                let before = crm::removal::erase_customer(c, &id, &who).await?;
+                let after = json!({"customer_id": id, "deleted": true});
+                // The audit names what was erased, not the personal data itself.
+                let erased: Vec<&String> = before.keys().collect();
+                let e = crate::ops::customer_removal(
+                    &op,
+                    "delete_customer",
+                    &id,
+                    json!({"customer_id": id, "fields": erased}),
+                    after.clone(),
+                );
+                crate::store::audit::insert(c, &e).await?;
+                Ok(after)
+            })
+        })
+        .await?;
+    Ok(Json(result))
 }
 
 #[derive(Debug, Deserialize)]

@@ -227,7 +227,7 @@ async fn ndjson_and_csv_in_change_order(backend: Backend) {
     let lines: Vec<&str> = text.split("\r\n").collect();
     assert_eq!(
         lines[0],
-        "_seq,_op,_changed_at,_version,customer_id,dealer_code,name,mobile,id_no,gender,birth_date,province,city,address,email,updated_at"
+        "_seq,_op,_changed_at,_version,customer_id,dealer_code,name,mobile,id_no,gender,birth_date,province,city,address,email,updated_at,merged_into"
     );
     assert_eq!(lines.len(), 6, "header, 4 rows, trailing empty: {text}");
     assert!(
@@ -871,4 +871,154 @@ async fn a_cut_during_upload_leaves_no_partial_file() {
     assert_eq!(manifest["sha256"], sha256_hex(&data));
     assert!(data.len() > 1_000_000, "{} bytes", data.len());
     hub.stop().await;
+}
+
+/// A merged customer and an erased one leave the CRM store and appear in the extract as
+/// tombstones (`_op` merge with `merged_into`, `_op` delete naming only the id); the merged
+/// customer's vehicle moves to the survivor, which the vehicle extract shows.
+async fn tombstones_for_merged_and_deleted_customers(backend: Backend) {
+    let hub = spawn(backend, &[]).await;
+    // OSM's sample vehicle creates its owner (mobile 13800138000) as a customer.
+    let sample = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/samples/soap/SyncVehicles.request.xml"),
+    )
+    .unwrap();
+    let r = hub
+        .client
+        .post(format!("{}/soap/osm/VehicleService", hub.base))
+        .header("Content-Type", "text/xml; charset=utf-8")
+        .body(sample)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    settle_crm(&hub).await;
+    let vin = "LHG0LVF20VB714970";
+    let (_, v) = hub.get(&format!("/api/v1/vehicles/{vin}"), ADMIN).await;
+    let dup = v["owner_customer_id"].as_str().expect("owner").to_string();
+    let ids = load(&hub, 0, 2).await;
+    let (keep, erase) = (ids[0].clone(), ids[1].clone());
+    let cursor = pull(&hub, "customers", Cred::Key("demo-etl"))
+        .await
+        .next
+        .expect("X-Next-Cursor");
+
+    // Only headquarters; not into itself; both must exist.
+    let merge = |into: &str| json!({"into": into});
+    let (s, _) = hub
+        .post(
+            &format!("/api/v1/customers/{dup}/merge"),
+            IT_D0001,
+            Some(merge(&keep)),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, r) = hub
+        .post(
+            &format!("/api/v1/customers/{dup}/merge"),
+            ADMIN,
+            Some(merge(&dup)),
+        )
+        .await;
+    assert_eq!(s, 409, "{r}");
+    let (s, _) = hub
+        .post(
+            &format!("/api/v1/customers/{dup}/merge"),
+            ADMIN,
+            Some(merge("C999999999")),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    let (s, r) = hub
+        .post(
+            &format!("/api/v1/customers/{dup}/merge"),
+            ADMIN,
+            Some(merge(&keep)),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["vehicles_moved"], json!([vin]), "{r}");
+    let (s, _) = hub.get(&format!("/api/v1/customers/{dup}"), ADMIN).await;
+    assert_eq!(s, 404, "the merged customer is gone");
+    let (_, v) = hub.get(&format!("/api/v1/vehicles/{vin}"), ADMIN).await;
+    assert_eq!(v["owner_customer_id"], keep.as_str(), "{v}");
+
+    // Erasing a customer who owns a vehicle is refused; one who owns none goes.
+    let (s, r) = hub
+        .delete(&format!("/api/v1/customers/{keep}"), ADMIN)
+        .await;
+    assert_eq!(s, 409, "{r}");
+    let (s, r) = hub
+        .delete(&format!("/api/v1/customers/{erase}"), ADMIN)
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let (s, _) = hub.get(&format!("/api/v1/customers/{erase}"), ADMIN).await;
+    assert_eq!(s, 404);
+
+    let after = pull(
+        &hub,
+        &format!("customers?since={cursor}"),
+        Cred::Key("demo-etl"),
+    )
+    .await;
+    assert_eq!(after.status, 200);
+    let rows = after.rows();
+    let merged = rows
+        .iter()
+        .find(|r| r["customer_id"] == dup.as_str())
+        .unwrap_or_else(|| panic!("no tombstone of {dup}: {rows:?}"));
+    assert_eq!(merged["_op"], "merge", "{merged}");
+    assert_eq!(merged["merged_into"], keep.as_str(), "{merged}");
+    assert_eq!(
+        merged["mobile"], "13800138000",
+        "a merge tombstone is the record as last seen"
+    );
+    let deleted = rows
+        .iter()
+        .find(|r| r["customer_id"] == erase.as_str())
+        .unwrap_or_else(|| panic!("no tombstone of {erase}: {rows:?}"));
+    assert_eq!(deleted["_op"], "delete", "{deleted}");
+    assert!(
+        deleted.get("mobile").is_none(),
+        "an erasure publishes no personal data: {deleted}"
+    );
+    let csv = pull(
+        &hub,
+        &format!("customers?since={cursor}&format=csv"),
+        Cred::Key("demo-etl"),
+    )
+    .await;
+    let text = String::from_utf8(csv.body).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.contains(",merge,") && l.ends_with(&keep)),
+        "the CSV tombstone ends with merged_into: {text}"
+    );
+    let vehicles = pull(&hub, "vehicles", Cred::Key("demo-etl")).await.rows();
+    let last = vehicles
+        .iter()
+        .rev()
+        .find(|r| r["vin"] == vin)
+        .expect("vehicle rows");
+    assert_eq!(last["owner_customer_id"], keep.as_str(), "{last}");
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_log WHERE action IN ('merge_customer', 'delete_customer')",
+    )
+    .fetch_one(hub.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(audited, 2);
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn tombstones_for_merged_and_deleted_customers_sqlite() {
+    tombstones_for_merged_and_deleted_customers(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn tombstones_for_merged_and_deleted_customers_postgres() {
+    tombstones_for_merged_and_deleted_customers(Backend::Postgres).await;
 }

@@ -44,9 +44,10 @@ pub const BUSY: &str = "extract busy: ";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     Upsert,
-    /// For a delete path (the store has none yet): the row is a tombstone.
+    /// A customer headquarters erased (`crm::removal`): a tombstone naming only the id.
     Delete,
-    /// For a merge path (the store has none yet): the row is a tombstone.
+    /// A duplicate customer merged into another: a tombstone, the record as last seen plus
+    /// `merged_into`.
     Merge,
 }
 

@@ -61,7 +61,10 @@ impl SqliteBackend {
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA query_only = ON; PRAGMA cache_size = -32768;")
+                    // 8 MiB of page cache per reader (up to 8 of them): an extract scanning the
+                    // whole change log filled a 32 MiB cache and took the hub past 100 MB; the
+                    // operating system's page cache holds the file anyway.
+                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA query_only = ON; PRAGMA cache_size = -8192;")
                         .await?;
                     Ok(())
                 })

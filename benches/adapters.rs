@@ -19,11 +19,17 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use synchub::app::Application;
-use synchub::settings::{Profile, Settings};
 
+// Only the endpoint overrides: this bench declares its own (quorum) queues.
+#[allow(dead_code)]
+#[path = "../tests/support/amqp.rs"]
+mod amqp;
+#[path = "../tests/support/bench_hub.rs"]
+mod bench_hub;
 #[path = "../tests/support/tree.rs"]
 mod tree;
+
+use bench_hub::BenchHub;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -159,76 +165,27 @@ async fn consume_acked(ch: &Channel, queue: &str, n: usize) -> f64 {
     got as f64 / start.elapsed().as_secs_f64()
 }
 
-struct Hub {
-    base: String,
-    store: synchub::store::Store,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn start_hub(root: &std::path::Path, prefix: &str, extra: &[(&str, &str)]) -> Hub {
-    let mut env: Vec<(String, String)> = vec![
-        (
-            "SYNCHUB__STORE__URL".into(),
-            format!("sqlite://{}/data/hub.db", root.display()),
-        ),
-        ("SYNCHUB__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
-        (
-            "SYNCHUB__ENDPOINTS__DMS_AMQP_OUT__NAME_PREFIX".into(),
-            prefix.into(),
-        ),
-        (
-            "SYNCHUB__ENDPOINTS__DMS_AMQP_IN__NAME_PREFIX".into(),
-            prefix.into(),
-        ),
-        (
-            "SYNCHUB__ENDPOINTS__DMS_AMQP_IN__QUEUE_EXPIRES_MS".into(),
-            "600000".into(),
-        ),
-        (
-            "SYNCHUB__ENDPOINTS__DMS_AMQP_OUT__QUEUE_EXPIRES_MS".into(),
-            "600000".into(),
-        ),
-    ];
+async fn start_hub(root: &std::path::Path, prefix: &str, extra: &[(&str, &str)]) -> BenchHub {
+    let mut env = amqp::amqp_env(prefix, None);
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let settings = Settings::load(&root.join("config"), Profile::Local, &env).expect("settings");
-    let app = Application::build(settings).await.expect("app");
-    let base = format!("http://{}", app.local_addr());
-    let store = app.store().clone();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
-    Hub {
-        base,
-        store,
-        stop,
-        server,
-    }
+    BenchHub::start(root, &env).await
 }
 
-impl Hub {
-    async fn shutdown(self) {
-        let _ = self.stop.send(());
-        let _ = self.server.await;
-    }
+async fn count(hub: &BenchHub, sql: &'static str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(hub.store.pool())
+        .await
+        .unwrap()
+}
 
-    async fn count(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar::<_, i64>(sql)
-            .fetch_one(self.store.pool())
-            .await
-            .unwrap()
-    }
-
-    async fn wait_count(&self, sql: &'static str, n: i64, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while self.count(sql).await < n {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {sql} = {n}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+async fn wait_count(hub: &BenchHub, sql: &'static str, n: i64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while count(hub, sql).await < n {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {sql} = {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -316,14 +273,16 @@ async fn amqp(n: usize) {
     publish_confirmed(&ch3, &inbound, "dms.campaign-result", &bodies).await;
     let hub = start_hub(dir.path(), &prefix, &[]).await;
     let start = Instant::now();
-    hub.wait_count(
+    wait_count(
+        &hub,
         "SELECT COUNT(*) FROM messages WHERE kind = 'record'",
         n as i64,
         Duration::from_secs(600),
     )
     .await;
     let hub_journal = n as f64 / start.elapsed().as_secs_f64();
-    hub.wait_count(
+    wait_count(
+        &hub,
         "SELECT COUNT(*) FROM crm_records WHERE entity = 'campaign_result'",
         n as i64,
         Duration::from_secs(600),
@@ -398,7 +357,8 @@ async fn amqp(n: usize) {
         )
         .await;
         let start = Instant::now();
-        hub.wait_count(
+        wait_count(
+            &hub,
             "SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'",
             n as i64,
             Duration::from_secs(600),

@@ -16,18 +16,22 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, 
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::{Value, json};
-use synchub::app::Application;
-use synchub::settings::{Profile, Settings};
 use synchub_adapter_sftp::testkit::SshdFixture;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 #[path = "../tests/support/amqp.rs"]
 mod amqp;
+#[path = "../tests/support/bench_hub.rs"]
+mod bench_hub;
+#[path = "../tests/support/sftp.rs"]
+mod sftp;
 #[path = "../tests/support/tree.rs"]
 mod tree;
 #[path = "../tests/support/vin.rs"]
 mod vin;
+
+use bench_hub::BenchHub;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -67,24 +71,6 @@ fn vin_of(i: usize) -> String {
         .expect("17 characters");
     v[8] = vin::vin_check(&v);
     String::from_utf8(v.to_vec()).expect("ASCII")
-}
-
-fn sftp_env(fx: &SshdFixture, ep: &str, dir: &str) -> Vec<(String, String)> {
-    std::fs::create_dir_all(fx.path(dir)).expect("sftp dir");
-    let up = ep.to_ascii_uppercase();
-    let k = |f: &str| format!("SYNCHUB__ENDPOINTS__{up}__{f}");
-    vec![
-        (k("ENABLED"), "true".into()),
-        (k("HOST"), "127.0.0.1".into()),
-        (k("PORT"), fx.port.to_string()),
-        (k("USER"), fx.user.clone()),
-        (k("PRIVATE_KEY_FILE"), fx.client_key.display().to_string()),
-        (k("KNOWN_HOSTS_FILE"), fx.known_hosts.display().to_string()),
-        (k("DIR"), fx.remote(dir)),
-        (k("STABLE_SECS"), "0".into()),
-        // Polled by hand (the ops API), not by the clock.
-        (k("SCHEDULE"), "0 0 1 1 *".into()),
-    ]
 }
 
 async fn post(client: &reqwest::Client, url: &str, auth: (&str, &str), body: String) {
@@ -179,11 +165,6 @@ async fn main() {
         .await;
     let prefix = format!("day{}.", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let mut env: Vec<(String, String)> = vec![
-        (
-            "SYNCHUB__STORE__URL".into(),
-            format!("sqlite://{}/data/hub.db", dir.path().display()),
-        ),
-        ("SYNCHUB__HTTP__LISTEN".into(), "127.0.0.1:0".into()),
         ("SYNCHUB_DCS_PASSWORD".into(), "dcs-secret".into()),
         (
             "SYNCHUB__ENDPOINTS__DCS_TASKS_SOAP_OUT__ENABLED".into(),
@@ -194,18 +175,19 @@ async fn main() {
             format!("{}/dcs/TaskService", dcs.uri()),
         ),
     ];
-    for ep in ["DMS_AMQP_OUT", "DMS_AMQP_IN"] {
-        env.push((
-            format!("SYNCHUB__ENDPOINTS__{ep}__NAME_PREFIX"),
-            prefix.clone(),
-        ));
-        env.push((
-            format!("SYNCHUB__ENDPOINTS__{ep}__QUEUE_EXPIRES_MS"),
-            "600000".into(),
+    env.extend(amqp::amqp_env(&prefix, None));
+    // Polled by hand (the ops API), not by the clock.
+    for (ep, dir) in [
+        ("osm_dealers_sftp_in", "outbound/dealers"),
+        ("osm_vehicles_sftp_in", "outbound/vehicles"),
+    ] {
+        env.extend(sftp::sftp_endpoint_env(
+            &fx,
+            ep,
+            dir,
+            &sftp::POLLED_ON_REQUEST,
         ));
     }
-    env.extend(sftp_env(&fx, "osm_dealers_sftp_in", "outbound/dealers"));
-    env.extend(sftp_env(&fx, "osm_vehicles_sftp_in", "outbound/vehicles"));
 
     // Every dealer's DMS is online: one queue for all of them, read by the simulated DMS below.
     let amqp_url = std::env::var("SYNCHUB_TEST_AMQP_URL")
@@ -216,15 +198,9 @@ async fn main() {
     let ch = conn.create_channel().await.expect("channel");
     let dms = amqp::dms_queue(&ch, &prefix, "dms.all", "dealer.#", false).await;
 
-    let settings = Settings::load(&dir.path().join("config"), Profile::Local, &env).unwrap();
-    let app = Application::build(settings).await.unwrap();
-    let base = format!("http://{}", app.local_addr());
-    let store = app.store().clone();
-    let pool = store.pool().clone();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
+    let hub = BenchHub::start(dir.path(), &env).await;
+    let base = hub.base.clone();
+    let pool = hub.store.pool().clone();
     let client = reqwest::Client::new();
     let admin = ("Authorization", "Bearer demo-admin");
 
@@ -491,8 +467,8 @@ async fn main() {
         results_sent.load(Ordering::Relaxed),
         dcs.received_requests().await.map(|r| r.len()).unwrap_or(0)
     );
-    let _ = stop.send(());
-    let _ = server.await;
+    drop(pool);
+    hub.shutdown().await;
     dms_task.abort();
     assert!(
         unexpected.is_empty() && refused == 0,

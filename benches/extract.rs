@@ -7,12 +7,14 @@
 
 use std::time::Instant;
 
-use synchub::app::Application;
-use synchub::settings::{Profile, Settings};
 use synchub::store::rows::{Arg, insert_rows};
 
+#[path = "../tests/support/bench_hub.rs"]
+mod bench_hub;
 #[path = "../tests/support/tree.rs"]
 mod tree;
+
+use bench_hub::{BenchHub, hub_env};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -37,28 +39,12 @@ async fn main() {
         tempfile::tempdir_in(std::env::var("SYNCHUB_BENCH_DIR").unwrap_or_else(|_| ".".into()))
             .unwrap();
     tree::copy_shipped_config(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), dir.path());
-    let env = vec![
-        (
-            "SYNCHUB__STORE__URL".to_string(),
-            format!("sqlite://{}/data/hub.db", dir.path().display()),
-        ),
-        (
-            "SYNCHUB__HTTP__LISTEN".to_string(),
-            "127.0.0.1:0".to_string(),
-        ),
-        (
-            "SYNCHUB__DISPATCH__ENABLED".to_string(),
-            "false".to_string(),
-        ),
-    ];
-    let settings = Settings::load(&dir.path().join("config"), Profile::Local, &env).unwrap();
-    let app = Application::build(settings).await.unwrap();
-    let base = format!("http://{}", app.local_addr());
-    let store = app.store().clone();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
+    let extra = vec![(
+        "SYNCHUB__DISPATCH__ENABLED".to_string(),
+        "false".to_string(),
+    )];
+    let hub = BenchHub::start(dir.path(), &extra).await;
+    let (base, store) = (hub.base.clone(), hub.store.clone());
 
     let fill = Instant::now();
     for start in (0..rows).step_by(10_000) {
@@ -129,9 +115,8 @@ async fn main() {
         peak / 1024,
         peak.saturating_sub(rss_before) / 1024,
     );
-    let _ = stop.send(());
-    let _ = server.await;
     drop(store);
+    hub.shutdown().await;
 
     // The hub as its own process, as deployed (`BENCH_SYNCHUB_BIN=target/release/synchub`): its
     // peak RSS while it streams the same store is the figure the target is about, without the
@@ -150,11 +135,8 @@ async fn main() {
         .arg("--config")
         .arg(dir.path().join("config"))
         .arg("run")
-        .envs(
-            env.iter()
-                .filter(|(k, _)| k != "SYNCHUB__HTTP__LISTEN")
-                .cloned(),
-        )
+        // The later `env` replaces the in-process hub's port 0.
+        .envs(hub_env(dir.path(), &extra))
         .env("SYNCHUB__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

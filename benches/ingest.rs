@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sqlx::{ConnectOptions, Connection, Executor};
-use synchub::app::Application;
-use synchub::settings::{Profile, Settings};
 
+#[path = "../tests/support/bench_hub.rs"]
+mod bench_hub;
 #[path = "../tests/support/tree.rs"]
 mod tree;
+
+use bench_hub::BenchHub;
 
 // The same allocator as the binary, so the figures are the binary's.
 #[global_allocator]
@@ -86,61 +88,27 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// A hub serving on port 0 over the benchmark's store.
-struct Hub {
-    base: String,
-    store: synchub::store::Store,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn start_hub(root: &std::path::Path, dispatch: bool) -> Hub {
-    let env = vec![
-        (
-            "SYNCHUB__STORE__URL".to_string(),
-            format!("sqlite://{}/data/hub.db", root.display()),
-        ),
-        (
-            "SYNCHUB__HTTP__LISTEN".to_string(),
-            "127.0.0.1:0".to_string(),
-        ),
-        (
+async fn start_hub(root: &std::path::Path, dispatch: bool) -> BenchHub {
+    BenchHub::start(
+        root,
+        &[(
             "SYNCHUB__DISPATCH__ENABLED".to_string(),
             dispatch.to_string(),
-        ),
-    ];
-    let settings = Settings::load(&root.join("config"), Profile::Local, &env).expect("settings");
-    let app = Application::build(settings).await.expect("app");
-    let base = format!("http://{}", app.local_addr());
-    let store = app.store().clone();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
-    Hub {
-        base,
-        store,
-        stop,
-        server,
-    }
+        )],
+    )
+    .await
 }
 
-impl Hub {
-    async fn shutdown(self) {
-        let _ = self.stop.send(());
-        let _ = self.server.await;
-    }
-
-    async fn open_deliveries(&self) -> i64 {
-        sqlx::query_scalar::<_, i64>(
-            // The CRM store's work only: the few lead.assigned events the distribution sends to
-            // dealers' DMS queues wait for a broker the benchmark does not bind.
-            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending','in_flight') AND target = 'crm_store'",
-        )
-        .fetch_one(self.store.pool())
-        .await
-        .unwrap()
-    }
+/// CRM store deliveries not yet finished.
+async fn open_deliveries(hub: &BenchHub) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        // The CRM store's work only: the few lead.assigned events the distribution sends to
+        // dealers' DMS queues wait for a broker the benchmark does not bind.
+        "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending','in_flight') AND target = 'crm_store'",
+    )
+    .fetch_one(hub.store.pool())
+    .await
+    .unwrap()
 }
 
 /// Posts one batch and insists on the 202 (sent only after commit).
@@ -185,9 +153,9 @@ async fn closed_loop(
 }
 
 /// Waits until the dispatcher has delivered everything; seconds taken.
-async fn drain(hub: &Hub) -> f64 {
+async fn drain(hub: &BenchHub) -> f64 {
     let t = Instant::now();
-    while hub.open_deliveries().await > 0 && t.elapsed().as_secs() < 900 {
+    while open_deliveries(hub).await > 0 && t.elapsed().as_secs() < 900 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     t.elapsed().as_secs_f64()
@@ -216,7 +184,7 @@ async fn main() {
     //    deliveries paused (dispatch.enabled = false) so the figure is the ingest path's own.
     let hub = start_hub(dir.path(), false).await;
     let ingest_rate = closed_loop(&client, &hub.base, &seq, clients, secs).await;
-    let backlog = hub.open_deliveries().await;
+    let backlog = open_deliveries(&hub).await;
     hub.shutdown().await;
     if std::env::args().any(|a| a == "--ingest-only") {
         // For profiling the ingest path alone.
@@ -231,7 +199,7 @@ async fn main() {
 
     // 3. Ingest while the dispatcher runs (they share the one writer).
     let mixed_rate = closed_loop(&client, &hub.base, &seq, clients, secs / 2.0).await;
-    let mixed_backlog = hub.open_deliveries().await;
+    let mixed_backlog = open_deliveries(&hub).await;
     drain(&hub).await;
 
     // 4. Latency at a fixed offered load of 5,000 records/s (50 requests/s of 100 records),
@@ -256,7 +224,7 @@ async fn main() {
         lat.push(h.await.unwrap());
     }
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let lat_backlog = hub.open_deliveries().await;
+    let lat_backlog = open_deliveries(&hub).await;
     hub.shutdown().await;
 
     // 5. Baseline on the same disk, measured in the same run.

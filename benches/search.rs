@@ -11,11 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use synchub::app::Application;
-use synchub::settings::{Profile, Settings};
 
+#[path = "../tests/support/bench_hub.rs"]
+mod bench_hub;
 #[path = "../tests/support/tree.rs"]
 mod tree;
+
+use bench_hub::BenchHub;
 #[path = "../tests/support/vin.rs"]
 mod vin;
 
@@ -236,30 +238,17 @@ async fn main() {
         tempfile::tempdir_in(std::env::var("SYNCHUB_BENCH_DIR").unwrap_or_else(|_| ".".into()))
             .unwrap();
     tree::copy_shipped_config(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), dir.path());
-    let env = vec![
-        (
-            "SYNCHUB__STORE__URL".to_string(),
-            format!("sqlite://{}/data/hub.db", dir.path().display()),
-        ),
-        (
-            "SYNCHUB__HTTP__LISTEN".to_string(),
-            "127.0.0.1:0".to_string(),
-        ),
-        // The journal is filled through the hub; what the deliveries became is set afterwards
-        // (applying a million records to the CRM store is the ingest bench's figure).
-        (
+    // The journal is filled through the hub; what the deliveries became is set afterwards
+    // (applying a million records to the CRM store is the ingest bench's figure).
+    let hub = BenchHub::start(
+        dir.path(),
+        &[(
             "SYNCHUB__DISPATCH__ENABLED".to_string(),
             "false".to_string(),
-        ),
-    ];
-    let settings = Settings::load(&dir.path().join("config"), Profile::Local, &env).unwrap();
-    let app = Application::build(settings).await.unwrap();
-    let base = format!("http://{}", app.local_addr());
-    let store = app.store().clone();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = rx.await;
-    }));
+        )],
+    )
+    .await;
+    let (base, store) = (hub.base.clone(), hub.store.clone());
 
     let fill = Instant::now();
     send_all(
@@ -461,8 +450,8 @@ async fn main() {
         timed(&client, &base, ui, &fragment).await,
     );
 
-    let _ = stop.send(());
-    let _ = server.await;
+    drop(store);
+    hub.shutdown().await;
     if std::env::var_os("SYNCHUB_BENCH_KEEP").is_some() {
         // For looking at query plans afterwards (`sqlite3 <dir>/data/hub.db`).
         println!("store kept in {}", dir.keep().display());

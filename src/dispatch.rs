@@ -392,18 +392,18 @@ impl Dispatcher {
                                 .await?;
                         let elapsed = t0.elapsed().as_millis() as i64;
                         let mut done = Vec::with_capacity(items.len());
+                        let mut events = Vec::new();
                         for (c, result) in items.into_iter().zip(results) {
                             let mut a = match result {
                                 Ok(applied) => {
-                                    for ev in &applied.events {
-                                        let rec = pipeline.prepare_event(
+                                    events.extend(applied.events.iter().map(|ev| {
+                                        pipeline.prepare_event(
                                             c.message_id,
                                             c.correlation_id.clone(),
                                             &c.target,
                                             ev,
-                                        );
-                                        journal::insert_prepared(conn, &rec).await?;
-                                    }
+                                        )
+                                    }));
                                     let mut a = plan(
                                         &c,
                                         &Outcome::Delivered { remote_ref: None },
@@ -429,6 +429,8 @@ impl Dispatcher {
                             a.duration_ms = elapsed;
                             done.push((c, a));
                         }
+                        // The batch's change events in one go: three statements, not three each.
+                        journal::insert_prepared_many(conn, &events).await?;
                         journal::complete_many(conn, &done).await?;
                         Ok(done
                             .into_iter()

@@ -980,20 +980,8 @@ async fn sftp_corpus(backend: Backend) {
     const EP: &str = "osm_vehicles_sftp_in";
     let fx = SshdFixture::start();
     let dir = "outbound/vehicles";
-    std::fs::create_dir_all(fx.path(dir)).expect("sftp dir");
-    let k = |f: &str| format!("SYNCHUB__ENDPOINTS__OSM_VEHICLES_SFTP_IN__{f}");
     // Polled only by the test's "poll now", one file at a time.
-    let env = [
-        (k("ENABLED"), "true".to_owned()),
-        (k("HOST"), "127.0.0.1".to_owned()),
-        (k("PORT"), fx.port.to_string()),
-        (k("USER"), fx.user.clone()),
-        (k("PRIVATE_KEY_FILE"), fx.client_key.display().to_string()),
-        (k("KNOWN_HOSTS_FILE"), fx.known_hosts.display().to_string()),
-        (k("DIR"), fx.remote(dir)),
-        (k("STABLE_SECS"), "0".to_owned()),
-        (k("SCHEDULE"), "0 0 1 1 *".to_owned()),
-    ];
+    let env = helpers::sftp_endpoint_env(&fx, EP, dir, &helpers::POLLED_ON_REQUEST);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let hub = TestHub::spawn_with(backend, TestConfig::shipped(), &env).await;
     let poll = || async {

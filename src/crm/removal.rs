@@ -82,16 +82,7 @@ async fn remove(
     insert_rows(
         conn,
         "change_history",
-        &[
-            "entity",
-            "entity_id",
-            "field",
-            "old_value",
-            "new_value",
-            "source_system",
-            "message_id",
-            "changed_at",
-        ],
+        super::unit::HISTORY_COLS,
         vec![vec![
             "customer".into(),
             id.into(),

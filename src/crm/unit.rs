@@ -36,6 +36,18 @@ struct Rec {
     touched: u64,
 }
 
+/// The columns of a `change_history` row, in the order its rows are built.
+pub(crate) const HISTORY_COLS: &[&str] = &[
+    "entity",
+    "entity_id",
+    "field",
+    "old_value",
+    "new_value",
+    "source_system",
+    "message_id",
+    "changed_at",
+];
+
 /// What the unit knows and what it will write.
 #[derive(Default)]
 pub struct Unit {
@@ -415,23 +427,7 @@ impl Unit {
             "",
         )
         .await?;
-        insert_rows(
-            conn,
-            "change_history",
-            &[
-                "entity",
-                "entity_id",
-                "field",
-                "old_value",
-                "new_value",
-                "source_system",
-                "message_id",
-                "changed_at",
-            ],
-            self.history,
-            "",
-        )
-        .await?;
+        insert_rows(conn, "change_history", HISTORY_COLS, self.history, "").await?;
         // After the record writes, in the same transaction: the extract change log.
         crate::extract::changes::append(conn, changes).await?;
         Ok(())

@@ -388,10 +388,29 @@ pub async fn insert_prepared(
     conn: &mut AnyConnection,
     rec: &PreparedRecord,
 ) -> Result<(), StoreError> {
-    insert_message(conn, &rec.message).await?;
-    insert_keys(conn, rec.message.id, &rec.keys).await?;
-    let ds: Vec<(Uuid, &NewDelivery)> =
-        rec.deliveries.iter().map(|d| (rec.message.id, d)).collect();
+    insert_prepared_many(conn, std::slice::from_ref(rec)).await
+}
+
+/// [`insert_prepared`] for many (the change events of a CRM batch): the same three multi-row
+/// statements whatever their number.
+pub async fn insert_prepared_many(
+    conn: &mut AnyConnection,
+    recs: &[PreparedRecord],
+) -> Result<(), StoreError> {
+    if recs.is_empty() {
+        return Ok(());
+    }
+    let messages: Vec<&NewMessage> = recs.iter().map(|r| &r.message).collect();
+    insert_messages(conn, &messages).await?;
+    let keys: Vec<(Uuid, &[(&'static str, String)])> = recs
+        .iter()
+        .map(|r| (r.message.id, r.keys.as_slice()))
+        .collect();
+    insert_keys_of(conn, &keys).await?;
+    let ds: Vec<(Uuid, &NewDelivery)> = recs
+        .iter()
+        .flat_map(|r| r.deliveries.iter().map(|d| (r.message.id, d)))
+        .collect();
     insert_deliveries(conn, &ds).await
 }
 

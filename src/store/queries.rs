@@ -84,25 +84,21 @@ pub async fn search_messages(pool: &AnyPool, s: &Search) -> Result<Vec<Value>, S
             && s.route.is_none()
             && s.since_ms.is_none()
             && s.dealer.is_none();
-        if unfiltered {
-            // A dealer code or a busy mobile names tens of thousands of messages; only the
-            // newest `limit` are shown. Message ids are UUIDv7 (time-ordered text), so the
-            // newest are the greatest ids, picked from the key index without reading the rest.
+        // A dealer code or a busy mobile names tens of thousands of messages; without other
+        // filters only the newest `limit` are shown. Message ids are UUIDv7 (time-ordered text),
+        // so the newest are the greatest ids, picked from the index without reading the rest.
+        let newest = if unfiltered {
             let l = p(&mut binds, Bind::Int(s.limit.clamp(1, 1000)));
-            sql.push_str(&format!(
-                " AND m.id IN (SELECT id FROM (SELECT DISTINCT message_id AS id FROM message_keys \
-                 WHERE value = {a} ORDER BY id DESC LIMIT {l}) AS k \
-                 UNION ALL SELECT id FROM messages WHERE id = {a} \
-                 UNION ALL SELECT id FROM (SELECT id FROM messages WHERE parent_id = {a} \
-                 ORDER BY id DESC LIMIT {l}) AS c)"
-            ));
+            format!(" ORDER BY id DESC LIMIT {l}")
         } else {
-            sql.push_str(&format!(
-                " AND m.id IN (SELECT message_id FROM message_keys WHERE value = {a} \
-                 UNION ALL SELECT id FROM messages WHERE id = {a} \
-                 UNION ALL SELECT id FROM messages WHERE parent_id = {a})"
-            ));
-        }
+            String::new()
+        };
+        sql.push_str(&format!(
+            " AND m.id IN (SELECT id FROM (SELECT DISTINCT message_id AS id FROM message_keys \
+             WHERE value = {a}{newest}) AS k \
+             UNION ALL SELECT id FROM messages WHERE id = {a} \
+             UNION ALL SELECT id FROM (SELECT id FROM messages WHERE parent_id = {a}{newest}) AS c)"
+        ));
     }
     if let Some(v) = &s.status {
         let a = p(&mut binds, Bind::Text(v.clone()));

@@ -459,20 +459,13 @@ fn sha256_hex(b: &[u8]) -> String {
 }
 
 fn push_env(fx: &SshdFixture) -> Vec<(String, String)> {
-    std::fs::create_dir_all(fx.path("in")).unwrap();
-    let k = |f: &str| format!("SYNCHUB__ENDPOINTS__ETL_SFTP_OUT__{f}");
-    vec![
-        (k("ENABLED"), "true".into()),
-        (k("HOST"), "127.0.0.1".into()),
-        (k("PORT"), fx.port.to_string()),
-        (k("USER"), fx.user.clone()),
-        (k("PRIVATE_KEY_FILE"), fx.client_key.display().to_string()),
-        (k("KNOWN_HOSTS_FILE"), fx.known_hosts.display().to_string()),
-        (k("DIR"), fx.remote("in")),
-        (k("TIMEOUT_MS"), "3000".into()),
-        // Once a year: only the test's "push now" calls run.
-        (k("SCHEDULE"), "0 0 1 1 *".into()),
-    ]
+    // Once a year: only the test's "push now" calls run.
+    sftp_endpoint_env(
+        fx,
+        "etl_sftp_out",
+        "in",
+        &[("TIMEOUT_MS", "3000"), ("SCHEDULE", "0 0 1 1 *")],
+    )
 }
 
 async fn push_now(hub: &TestHub) -> Value {

@@ -8,8 +8,12 @@ use serde_json::Value;
 
 #[path = "../support/amqp.rs"]
 mod amqp;
+#[path = "../support/sftp.rs"]
+mod sftp_support;
 #[path = "../support/tree.rs"]
 mod tree;
+#[allow(unused_imports)] // the corpus tests include this file and use only part of it
+pub(crate) use sftp_support::{POLLED_ON_REQUEST, sftp_endpoint_env};
 use synchub::app::Application;
 use synchub::settings::{Profile, Settings};
 use synchub::store::Store;
@@ -230,19 +234,7 @@ impl TestHub {
         // Each hub gets its own exchanges and queues on the shared broker, so parallel tests
         // never consume each other's messages; the broker drops the queues when they idle.
         let prefix = amqp_prefix();
-        for ep in ["DMS_AMQP_OUT", "DMS_AMQP_IN"] {
-            vars.push((
-                format!("SYNCHUB__ENDPOINTS__{ep}__NAME_PREFIX"),
-                prefix.clone(),
-            ));
-        }
-        // Both links declare the whole topology, so both must agree on the queues' expiry.
-        for ep in ["DMS_AMQP_OUT", "DMS_AMQP_IN"] {
-            vars.push((
-                format!("SYNCHUB__ENDPOINTS__{ep}__QUEUE_EXPIRES_MS"),
-                "600000".into(),
-            ));
-        }
+        vars.extend(amqp::amqp_env(&prefix, None));
         vars.extend(env.iter().cloned());
         // Every dealer's DMS is "online" unless the test says otherwise: customer change events
         // then deliver instead of retrying as unroutable.
@@ -297,10 +289,11 @@ impl TestHub {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+    /// Sends `method path` as operator `token`: the status and the JSON answer (Null if none).
+    async fn call(&self, method: reqwest::Method, path: &str, token: &str) -> (u16, Value) {
         let r = self
             .client
-            .get(format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .bearer_auth(token)
             .send()
             .await
@@ -309,16 +302,12 @@ impl TestHub {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, token).await
+    }
+
     pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .delete(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        self.call(reqwest::Method::DELETE, path, token).await
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {

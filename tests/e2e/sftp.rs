@@ -25,20 +25,7 @@ const CAMPAIGN_RESULTS: &str = "dms_campaign_results_sftp_in";
 /// set to once a year, so only the test's own "poll now" calls poll and the assertions know
 /// which poll did what.
 fn enable(fx: &SshdFixture, ep: &str, dir_rel: &str) -> Vec<(String, String)> {
-    std::fs::create_dir_all(fx.path(dir_rel)).expect("sftp dir");
-    let up = ep.to_ascii_uppercase();
-    let k = |f: &str| format!("SYNCHUB__ENDPOINTS__{up}__{f}");
-    vec![
-        (k("ENABLED"), "true".into()),
-        (k("HOST"), "127.0.0.1".into()),
-        (k("PORT"), fx.port.to_string()),
-        (k("USER"), fx.user.clone()),
-        (k("PRIVATE_KEY_FILE"), fx.client_key.display().to_string()),
-        (k("KNOWN_HOSTS_FILE"), fx.known_hosts.display().to_string()),
-        (k("DIR"), fx.remote(dir_rel)),
-        (k("STABLE_SECS"), "0".into()),
-        (k("SCHEDULE"), "0 0 1 1 *".into()),
-    ]
+    sftp_endpoint_env(fx, ep, dir_rel, &POLLED_ON_REQUEST)
 }
 
 fn refs(v: &[(String, String)]) -> Vec<(&str, &str)> {

@@ -11,8 +11,12 @@ use serde_json::Value;
 
 #[path = "../support/amqp.rs"]
 mod amqp;
+pub(crate) use amqp::amqp_env;
+#[path = "../support/sftp.rs"]
+mod sftp_support;
 #[path = "../support/tree.rs"]
 mod tree;
+pub(crate) use sftp_support::{POLLED_ON_REQUEST, sftp_endpoint_env};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -444,21 +448,6 @@ pub async fn post_until_accepted(
 /// A fresh name prefix for a hub's AMQP exchanges and queues.
 pub fn amqp_prefix() -> String {
     format!("f{}.", &uuid::Uuid::now_v7().simple().to_string()[20..])
-}
-
-/// Overrides for both AMQP links: names of their own, queues that expire when idle (nothing
-/// piles up on a broker), and optionally another broker.
-pub fn amqp_env(prefix: &str, url: Option<&str>) -> Vec<(String, String)> {
-    let mut env = Vec::new();
-    for ep in ["DMS_AMQP_OUT", "DMS_AMQP_IN"] {
-        let k = |f: &str| format!("SYNCHUB__ENDPOINTS__{ep}__{f}");
-        env.push((k("NAME_PREFIX"), prefix.to_owned()));
-        env.push((k("QUEUE_EXPIRES_MS"), "600000".to_owned()));
-        if let Some(u) = url {
-            env.push((k("URL"), u.to_owned()));
-        }
-    }
-    env
 }
 
 /// As [`post_until_accepted`], counting the refusals (503 or no answer) in `refused`.

@@ -272,20 +272,14 @@ async fn scheduled_jobs_run_once_per_tick_across_instances() {
         text.replace("interval = \"1m\"", "interval = \"2s\""),
     )
     .unwrap();
-    let k = |f: &str| format!("SYNCHUB__ENDPOINTS__OSM_DEALERS_SFTP_IN__{f}");
-    let mut env = vec![
-        ("SYNCHUB__STORE__URL".to_owned(), db.url.clone()),
-        (k("ENABLED"), "true".into()),
-        (k("HOST"), "127.0.0.1".into()),
-        (k("PORT"), fx.port.to_string()),
-        (k("USER"), fx.user.clone()),
-        (k("PRIVATE_KEY_FILE"), fx.client_key.display().to_string()),
-        (k("KNOWN_HOSTS_FILE"), fx.known_hosts.display().to_string()),
-        (k("DIR"), fx.remote(dir)),
-        (k("STABLE_SECS"), "0".into()),
-        // Every minute: the smallest cron step; the test waits for one or two ticks.
-        (k("SCHEDULE"), "* * * * *".into()),
-    ];
+    let mut env = vec![("SYNCHUB__STORE__URL".to_owned(), db.url.clone())];
+    // Every minute: the smallest cron step; the test waits for one or two ticks.
+    env.extend(fixture::sftp_endpoint_env(
+        &fx,
+        "osm_dealers_sftp_in",
+        dir,
+        &[("STABLE_SECS", "0"), ("SCHEDULE", "* * * * *")],
+    ));
     env.extend(fixture::amqp_env(&prefix, None));
     let sample = fixture::repo().join("tests/fixtures/samples/sftp");
     for f in ["DEALER_20261125.csv", "DEALER_20261125.csv.ok"] {

@@ -56,20 +56,13 @@ fn soap_request(from: usize, n: usize) -> String {
 
 /// Overrides that enable the SFTP vehicle endpoint on the fixture; polled only by "poll now".
 pub(crate) fn sftp_env(fx: &SshdFixture, dir_rel: &str) -> Vec<(String, String)> {
-    std::fs::create_dir_all(fx.path(dir_rel)).expect("sftp dir");
-    let k = |f: &str| format!("SYNCHUB__ENDPOINTS__OSM_VEHICLES_SFTP_IN__{f}");
-    vec![
-        (k("ENABLED"), "true".into()),
-        (k("HOST"), "127.0.0.1".into()),
-        (k("PORT"), fx.port.to_string()),
-        (k("USER"), fx.user.clone()),
-        (k("PRIVATE_KEY_FILE"), fx.client_key.display().to_string()),
-        (k("KNOWN_HOSTS_FILE"), fx.known_hosts.display().to_string()),
-        (k("DIR"), fx.remote(dir_rel)),
-        (k("STABLE_SECS"), "0".into()),
-        (k("SCHEDULE"), "0 0 1 1 *".into()),
-        (k("BATCH_SIZE"), "200".into()),
-    ]
+    let [stable, schedule] = fixture::POLLED_ON_REQUEST;
+    fixture::sftp_endpoint_env(
+        fx,
+        "osm_vehicles_sftp_in",
+        dir_rel,
+        &[stable, schedule, ("BATCH_SIZE", "200")],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,5 @@
-//! A dealer's DMS queue on the broker, declared as a DMS would, for the e2e and fault tests.
+//! The hub's AMQP endpoints on a shared broker for the e2e and fault tests and the benchmarks:
+//! names of their own per hub, and a dealer's DMS queue declared as a DMS would.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -48,4 +49,21 @@ pub(crate) async fn dms_queue(
     .await
     .expect("bind the DMS queue");
     q
+}
+
+/// Overrides giving both AMQP endpoints exchanges and queues of their own under `prefix` (so
+/// parallel hubs never consume each other's messages), expiring when idle so nothing piles up on
+/// the broker (both links declare the whole topology, so both get the same expiry), and the
+/// broker `url` when given.
+pub(crate) fn amqp_env(prefix: &str, url: Option<&str>) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for ep in ["DMS_AMQP_OUT", "DMS_AMQP_IN"] {
+        let k = |f: &str| format!("SYNCHUB__ENDPOINTS__{ep}__{f}");
+        env.push((k("NAME_PREFIX"), prefix.to_owned()));
+        env.push((k("QUEUE_EXPIRES_MS"), "600000".to_owned()));
+        if let Some(u) = url {
+            env.push((k("URL"), u.to_owned()));
+        }
+    }
+    env
 }

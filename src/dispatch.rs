@@ -58,7 +58,7 @@ const OUTCOME_LIMITS: Limits = Limits {
 };
 
 fn record_outcomes(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut dyn crate::store::exec::Exec,
     items: Vec<(Claimed, AttemptRecord)>,
 ) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
     Box::pin(async move { journal::complete_each(conn, &items).await })
@@ -357,7 +357,7 @@ impl Dispatcher {
     ) -> Result<Vec<Claimed>, StoreError> {
         let dialect = self.store.dialect();
         self.store
-            .write(move |c| {
+            .write_exec(move |c| {
                 Box::pin(async move { journal::claim(c, dialect, limit, lease, &targets).await })
             })
             .await
@@ -384,7 +384,7 @@ impl Dispatcher {
             }
             let res = self
                 .store
-                .write(move |conn| {
+                .write_exec(move |conn| {
                     Box::pin(async move {
                         let approval = move |target: &str| crm.get(target).copied().unwrap_or(true);
                         let results =
@@ -474,7 +474,7 @@ impl Dispatcher {
         loop {
             let claimed = self
                 .store
-                .write(move |c| {
+                .write_exec(move |c| {
                     Box::pin(
                         async move { journal::claim(c, dialect, 256, 60_000, &Targets::All).await },
                     )

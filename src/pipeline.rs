@@ -692,7 +692,7 @@ impl Inbox for Pipeline {
         );
         let id = msg.id;
         self.store
-            .write(move |c| {
+            .write_exec(move |c| {
                 Box::pin(async move {
                     journal::insert_message(c, &msg).await?;
                     journal::insert_keys(c, msg.id, &keys).await

@@ -11,8 +11,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::args;
+use crate::store::exec::Exec;
 use serde_json::{Map, Value, json};
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{AnyPool, Row};
 
 use super::{Applied, ChangeEvent, ChangeSource, Columns, CrmFailure, Unit, str_field};
 use crate::store::StoreError;
@@ -48,11 +50,7 @@ struct Target {
     serving_dealer: Option<String>,
 }
 
-async fn resolve(
-    conn: &mut AnyConnection,
-    unit: &mut Unit,
-    target: &str,
-) -> Result<Target, StoreError> {
+async fn resolve(conn: &mut dyn Exec, unit: &mut Unit, target: &str) -> Result<Target, StoreError> {
     let id = if is_customer_id(target) {
         Some(target.to_string())
     } else {
@@ -87,7 +85,7 @@ async fn resolve(
 /// assignment is new, the `campaign.assigned` event. Applying the same campaign again (a
 /// replay, a re-POST) assigns nothing twice.
 pub(crate) async fn apply_campaign(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     unit: &mut Unit,
     rec: &Map<String, Value>,
     src: &ChangeSource,
@@ -186,33 +184,34 @@ pub(crate) async fn apply_campaign(
 /// A result from the campaign's dealer resolves that dealer's open campaign-task escalation;
 /// true when there was one.
 pub(crate) async fn resolve_escalation(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     rec: &Map<String, Value>,
     result_id: &str,
 ) -> Result<bool, CrmFailure> {
     let code = str_field(rec, "campaign_code").unwrap_or_default();
     let dealer = str_field(rec, "dealer_code").unwrap_or_default();
-    let n = sqlx::query(
-        "UPDATE escalations SET status = 'resolved', resolved_at = $1, resolution = $2 \
-         WHERE kind = 'campaign' AND entity_id = $3 AND dealer_code = $4 AND status = 'open'",
-    )
-    .bind(crate::store::now_ms())
-    .bind(format!(
-        "result {result_id} ({}) from {dealer}",
-        str_field(rec, "result").unwrap_or_default()
-    ))
-    .bind(&code)
-    .bind(&dealer)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| CrmFailure::Store(e.into()))?
-    .rows_affected();
+    let n = conn
+        .exec(
+            "UPDATE escalations SET status = 'resolved', resolved_at = $1, resolution = $2 \
+             WHERE kind = 'campaign' AND entity_id = $3 AND dealer_code = $4 AND status = 'open'",
+            args![
+                crate::store::now_ms(),
+                format!(
+                    "result {result_id} ({}) from {dealer}",
+                    str_field(rec, "result").unwrap_or_default()
+                ),
+                &code,
+                &dealer,
+            ],
+        )
+        .await
+        .map_err(CrmFailure::Store)?;
     Ok(n > 0)
 }
 
 /// A dealer's result counts only for a campaign assigned to that dealer.
 pub(crate) async fn check_result(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     unit: &mut Unit,
     rec: &Map<String, Value>,
 ) -> Result<(), CrmFailure> {
@@ -373,18 +372,15 @@ pub async fn view(
 /// Vehicles wait for their dealer: once it arrives, every delivery held for it is due now
 /// instead of at its next backoff step.
 pub(crate) async fn wake_held_for_dealer(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     target: &str,
     dealer: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    conn.exec(
         "UPDATE deliveries SET next_attempt_at = $1 WHERE status = 'pending' AND target = $2 \
          AND dealer_code = $3 AND next_attempt_at > $1",
+        args![crate::store::now_ms(), target, dealer],
     )
-    .bind(crate::store::now_ms())
-    .bind(target)
-    .bind(dealer)
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }

@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::args;
+use crate::store::exec::{Exec, Ty};
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
-use sqlx::{AnyConnection, Row};
 
 use super::{ChangeEvent, ChangeSource, Columns, CrmFailure, Unit, str_field};
 use crate::rules::distribution::{Ask, DealerLoad, Decision, Strategy};
@@ -47,7 +48,7 @@ impl<'r> LeadCtx<'r> {
         }
     }
 
-    async fn lock(&mut self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+    async fn lock(&mut self, conn: &mut dyn Exec) -> Result<(), StoreError> {
         if !self.locked {
             lock_distribution(conn).await?;
             self.locked = true;
@@ -57,7 +58,7 @@ impl<'r> LeadCtx<'r> {
 }
 
 /// Takes the distribution lock on PostgreSQL (a no-op on SQLite).
-pub async fn lock_distribution(conn: &mut AnyConnection) -> Result<(), StoreError> {
+pub async fn lock_distribution(conn: &mut dyn Exec) -> Result<(), StoreError> {
     crate::store::advisory_xact_lock(conn, DISTRIBUTION_LOCK).await
 }
 
@@ -85,16 +86,20 @@ fn offset(rules: &LeadRules) -> FixedOffset {
 }
 
 /// Active and inactive dealers with where they serve; loads are filled in per decision.
-async fn load_dealers(conn: &mut AnyConnection) -> Result<Vec<DealerLoad>, StoreError> {
-    let rows = sqlx::query("SELECT id, data FROM crm_records WHERE entity = 'dealer' ORDER BY id")
-        .fetch_all(&mut *conn)
+async fn load_dealers(conn: &mut dyn Exec) -> Result<Vec<DealerLoad>, StoreError> {
+    let rows = conn
+        .rows(
+            "SELECT id, data FROM crm_records WHERE entity = 'dealer' ORDER BY id",
+            Vec::new(),
+            &[Ty::Text, Ty::Text],
+        )
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let data: Value = serde_json::from_str(&r.try_get::<String, _>(1)?).unwrap_or(Value::Null);
+        let data: Value = serde_json::from_str(&r.text(1)?).unwrap_or(Value::Null);
         let s = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_string);
         out.push(DealerLoad {
-            code: r.try_get(0)?,
+            code: r.text(0)?,
             city: s("city"),
             province: s("province"),
             status: s("status").unwrap_or_else(|| "active".into()),
@@ -105,24 +110,22 @@ async fn load_dealers(conn: &mut AnyConnection) -> Result<Vec<DealerLoad>, Store
 }
 
 /// Leads assigned per dealer on a business day.
-async fn loads(conn: &mut AnyConnection, day: &str) -> Result<HashMap<String, u32>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT dealer_code, COUNT(*) FROM lead_assignments WHERE day = $1 GROUP BY dealer_code",
-    )
-    .bind(day)
-    .fetch_all(&mut *conn)
-    .await?;
+async fn loads(conn: &mut dyn Exec, day: &str) -> Result<HashMap<String, u32>, StoreError> {
+    let rows = conn
+        .rows(
+            "SELECT dealer_code, COUNT(*) FROM lead_assignments WHERE day = $1 GROUP BY dealer_code",
+            args![day],
+            &[Ty::Text, Ty::Int],
+        )
+        .await?;
     let mut out = HashMap::new();
     for r in rows {
-        out.insert(r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)? as u32);
+        out.insert(r.text(0)?, r.int(1)? as u32);
     }
     Ok(out)
 }
 
-async fn rr_counters(
-    conn: &mut AnyConnection,
-    ask: &Ask,
-) -> Result<BTreeMap<String, u64>, StoreError> {
+async fn rr_counters(conn: &mut dyn Exec, ask: &Ask) -> Result<BTreeMap<String, u64>, StoreError> {
     let mut out = BTreeMap::new();
     let place = |s: &str| {
         let t = s.trim();
@@ -141,29 +144,33 @@ async fn rr_counters(
     .flatten()
     .collect();
     for k in keys {
-        let v: Option<i64> = sqlx::query_scalar("SELECT value FROM counters WHERE name = $1")
-            .bind(format!("lead_rr:{k}"))
-            .fetch_optional(&mut *conn)
-            .await?;
+        let v = conn
+            .opt_row(
+                "SELECT value FROM counters WHERE name = $1",
+                args![format!("lead_rr:{k}")],
+                &[Ty::Int],
+            )
+            .await?
+            .map(|r| r.int(0))
+            .transpose()?;
         out.insert(k, v.unwrap_or(0) as u64);
     }
     Ok(out)
 }
 
-async fn advance_rr(conn: &mut AnyConnection, key: &str) -> Result<(), StoreError> {
-    sqlx::query(
+async fn advance_rr(conn: &mut dyn Exec, key: &str) -> Result<(), StoreError> {
+    conn.exec(
         "INSERT INTO counters (name, value) VALUES ($1, 1) \
          ON CONFLICT (name) DO UPDATE SET value = counters.value + 1",
+        args![format!("lead_rr:{key}")],
     )
-    .bind(format!("lead_rr:{key}"))
-    .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
 /// A decision for `ask` against today's loads, under the distribution lock.
 pub async fn decide(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     rules: &LeadRules,
     dealers: &[DealerLoad],
     ask: &Ask,
@@ -174,7 +181,7 @@ pub async fn decide(
 
 /// [`decide`] with the loads a sink batch already read in `cached` (updated with this decision).
 async fn decide_with(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     rules: &LeadRules,
     dealers: &[DealerLoad],
     ask: &Ask,
@@ -212,7 +219,7 @@ async fn decide_with(
 }
 
 /// The dealers' current data, for a decision outside the sink (escalation).
-pub async fn dealers(conn: &mut AnyConnection) -> Result<Vec<DealerLoad>, StoreError> {
+pub async fn dealers(conn: &mut dyn Exec) -> Result<Vec<DealerLoad>, StoreError> {
     load_dealers(conn).await
 }
 
@@ -228,25 +235,13 @@ pub struct Assignment {
 
 /// Records the assignment row (capacity and escalation read it).
 pub async fn insert_assignment(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     rules: &LeadRules,
     lead_id: &str,
     a: &Assignment,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO lead_assignments (lead_id, dealer_code, day, level, score, assigned_at, respond_by, state, reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8) ON CONFLICT (lead_id, dealer_code) DO NOTHING",
-    )
-    .bind(lead_id)
-    .bind(&a.dealer)
-    .bind(business_day(a.assigned_at, offset(rules)))
-    .bind(a.level.as_str())
-    .bind(a.score)
-    .bind(a.assigned_at)
-    .bind(a.respond_by)
-    .bind(&a.reason)
-    .execute(&mut *conn)
-    .await?;
+    conn.exec("INSERT INTO lead_assignments (lead_id, dealer_code, day, level, score, assigned_at, respond_by, state, reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8) ON CONFLICT (lead_id, dealer_code) DO NOTHING", args![lead_id, &a.dealer, business_day(a.assigned_at, offset(rules)), a.level.as_str(), a.score, a.assigned_at, a.respond_by, &a.reason]).await?;
     Ok(())
 }
 
@@ -301,7 +296,7 @@ pub fn assignment_fields(a: &Assignment, rules: &LeadRules) -> Map<String, Value
 /// the attempt and the `lead.assigned` event when a dealer got it.
 #[allow(clippy::too_many_arguments)]
 pub async fn on_created(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     unit: &mut Unit,
     ctx: &mut LeadCtx<'_>,
     lead_id: &str,
@@ -458,7 +453,7 @@ pub async fn on_created(
 /// The oldest open lead of this mobile inside the protection window (not `except`), with its
 /// current data.
 async fn open_lead(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     unit: &mut Unit,
     ctx: &LeadCtx<'_>,
     mobile: &str,
@@ -466,15 +461,17 @@ async fn open_lead(
     now: i64,
 ) -> Result<Option<(String, Map<String, Value>)>, StoreError> {
     let since = now - ctx.rules.distribution.duplicate_window.as_millis();
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM crm_records WHERE entity = 'lead' AND mobile = $1 AND id <> $2 \
-         AND created_at >= $3 ORDER BY created_at, id",
-    )
-    .bind(mobile)
-    .bind(except)
-    .bind(since)
-    .fetch_all(&mut *conn)
-    .await?;
+    let ids = conn
+        .rows(
+            "SELECT id FROM crm_records WHERE entity = 'lead' AND mobile = $1 AND id <> $2 \
+             AND created_at >= $3 ORDER BY created_at, id",
+            args![mobile, except, since],
+            &[Ty::Text],
+        )
+        .await?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<Vec<String>, StoreError>>()?;
     let mut candidates = ids;
     if let Some(id) = ctx.created.get(mobile)
         && id != except
@@ -530,30 +527,24 @@ pub fn refuse_result(lead_id: &str, lead: &Map<String, Value>, dealer: &str) -> 
 /// A result from the assigned dealer: its assignment is answered and open escalations of the
 /// lead are resolved.
 pub async fn on_result(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     lead_id: &str,
     dealer: &str,
     status: &str,
 ) -> Result<u64, StoreError> {
     let now = now_ms();
-    sqlx::query(
+    conn.exec(
         "UPDATE lead_assignments SET state = 'responded', responded_at = $1 \
          WHERE lead_id = $2 AND dealer_code = $3 AND state = 'active'",
+        args![now, lead_id, dealer],
     )
-    .bind(now)
-    .bind(lead_id)
-    .bind(dealer)
-    .execute(&mut *conn)
     .await?;
-    let resolved = sqlx::query(
-        "UPDATE escalations SET status = 'resolved', resolved_at = $1, resolution = $2 \
+    let resolved = conn
+        .exec(
+            "UPDATE escalations SET status = 'resolved', resolved_at = $1, resolution = $2 \
          WHERE kind = 'lead' AND entity_id = $3 AND status = 'open'",
-    )
-    .bind(now)
-    .bind(format!("result {status} from {dealer}"))
-    .bind(lead_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+            args![now, format!("result {status} from {dealer}"), lead_id],
+        )
+        .await?;
     Ok(resolved)
 }

@@ -12,6 +12,9 @@ pub mod unit;
 
 use std::collections::HashMap;
 
+use crate::args;
+use crate::store::exec::{Exec, Ty};
+use crate::store::rows::Arg;
 use serde_json::{Map, Value, json};
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
@@ -103,7 +106,7 @@ pub(crate) fn text(v: &Value) -> Option<String> {
 
 /// Upserts one record on its own (a unit of work of one); see [`Unit::upsert`].
 pub async fn upsert(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     entity: &str,
     id: &str,
     incoming: &Map<String, Value>,
@@ -179,7 +182,7 @@ fn parse(d: &Claimed) -> Result<Parsed, CrmFailure> {
 /// `key_field_approval` gives the setting of each delivery's target endpoint; `lead_rules`, when
 /// configured, score and distribute each new lead.
 pub async fn apply_batch(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     batch: &[Claimed],
     key_field_approval: &(dyn Fn(&str) -> bool + Send + Sync),
     lead_rules: Option<&crate::rules::LeadRules>,
@@ -275,7 +278,7 @@ struct MessageFacts {
 
 /// The hub id, partner and receive time of each delivery's message, in one query.
 async fn message_facts(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     batch: &[Claimed],
 ) -> Result<HashMap<Uuid, MessageFacts>, StoreError> {
     let mut out = HashMap::new();
@@ -285,17 +288,18 @@ async fn message_facts(
             "SELECT id, entity_id, partner, received_at FROM messages WHERE id IN ({})",
             list.join(",")
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for d in chunk {
-            q = q.bind(d.message_id.to_string());
-        }
-        for row in q.fetch_all(&mut *conn).await? {
+        let args = chunk
+            .iter()
+            .map(|d| Arg::from(d.message_id.to_string()))
+            .collect();
+        let types = [Ty::Text, Ty::Text, Ty::Text, Ty::Int];
+        for row in conn.rows(&sql, args, &types).await? {
             out.insert(
-                parse_uuid(&row.try_get::<String, _>(0)?)?,
+                parse_uuid(&row.text(0)?)?,
                 MessageFacts {
-                    entity_id: row.try_get(1)?,
-                    partner: row.try_get(2)?,
-                    received_at: row.try_get(3)?,
+                    entity_id: row.opt_text(1)?,
+                    partner: row.opt_text(2)?,
+                    received_at: row.opt_int(3)?,
                 },
             );
         }
@@ -304,7 +308,7 @@ async fn message_facts(
 }
 
 async fn apply_one(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     unit: &mut Unit,
     d: &Claimed,
     p: Parsed,
@@ -566,7 +570,7 @@ async fn apply_one(
 /// customer id (none for an owner with neither mobile nor ID number: nothing to match or reach
 /// them by) and, for a new customer, its `customer.created` event.
 async fn owner_customer(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     unit: &mut Unit,
     owner: &Map<String, Value>,
     dealer: Option<&str>,
@@ -639,14 +643,7 @@ pub async fn decide_approval(
             "approval {approval_id} is already {status}"
         )));
     }
-    sqlx::query("UPDATE approvals SET status = $1, decided_by = $2, comment = $3, decided_at = $4 WHERE id = $5")
-        .bind(if approve { "approved" } else { "rejected" })
-        .bind(who)
-        .bind(comment)
-        .bind(now_ms())
-        .bind(approval_id)
-        .execute(&mut *conn)
-        .await?;
+    conn.exec("UPDATE approvals SET status = $1, decided_by = $2, comment = $3, decided_at = $4 WHERE id = $5", args![if approve { "approved" } else { "rejected" }, who, comment, now_ms(), approval_id]).await?;
     if !approve {
         return Ok(None);
     }

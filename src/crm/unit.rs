@@ -5,8 +5,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use crate::args;
+use crate::store::exec::{Exec, Ty};
 use serde_json::{Map, Value};
-use sqlx::{AnyConnection, Row};
 
 use super::{ChangeSource, Columns, KEY_FIELDS, Upserted, str_field, text};
 use crate::store::rows::{Arg, insert_rows};
@@ -68,7 +69,7 @@ impl Unit {
     /// Loads the given records in one query per chunk; keys not found are known to be absent.
     pub async fn prefetch(
         &mut self,
-        conn: &mut AnyConnection,
+        conn: &mut dyn Exec,
         keys: &[(String, String)],
     ) -> Result<(), StoreError> {
         let wanted: Vec<&Key> = keys.iter().filter(|k| !self.known.contains(*k)).collect();
@@ -81,24 +82,26 @@ impl Unit {
                  FROM crm_records WHERE {}",
                 cond.join(" OR ")
             );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for (e, id) in chunk {
-                q = q.bind(e.as_str()).bind(id.as_str());
-            }
-            for row in q.fetch_all(&mut *conn).await? {
-                let key: Key = (row.try_get(0)?, row.try_get(1)?);
-                let data: String = row.try_get(2)?;
+            let args = chunk
+                .iter()
+                .flat_map(|(e, id)| [Arg::from(e.as_str()), Arg::from(id.as_str())])
+                .collect();
+            use Ty::{Int, Text};
+            let types = [Text, Text, Text, Int, Int, Text, Text, Text, Text, Text];
+            for row in conn.rows(&sql, args, &types).await? {
+                let key: Key = (row.text(0)?, row.text(1)?);
+                let data = row.text(2)?;
                 self.recs.insert(
                     key,
                     Rec {
                         data: serde_json::from_str(&data).unwrap_or_default(),
-                        version: row.try_get(3)?,
-                        src_updated_at: row.try_get(4)?,
-                        dealer_code: row.try_get(5)?,
-                        mobile: row.try_get(6)?,
-                        id_no: row.try_get(7)?,
-                        reference: row.try_get(8)?,
-                        source_system: row.try_get(9)?,
+                        version: row.int(3)?,
+                        src_updated_at: row.opt_int(4)?,
+                        dealer_code: row.opt_text(5)?,
+                        mobile: row.opt_text(6)?,
+                        id_no: row.opt_text(7)?,
+                        reference: row.opt_text(8)?,
+                        source_system: row.opt_text(9)?,
                         new: false,
                         dirty: false,
                         touched: 0,
@@ -115,7 +118,7 @@ impl Unit {
     /// Loads the customers having any of these mobiles or ID numbers (oldest first wins).
     pub async fn prefetch_customers(
         &mut self,
-        conn: &mut AnyConnection,
+        conn: &mut dyn Exec,
         mobiles: &[String],
         id_nos: &[String],
     ) -> Result<(), StoreError> {
@@ -132,11 +135,8 @@ impl Unit {
                     "SELECT {col}, id FROM crm_records WHERE entity = 'customer' AND {col} IN ({}) ORDER BY created_at DESC",
                     list.join(",")
                 );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for v in chunk {
-                    q = q.bind(v.as_str());
-                }
-                let rows = q.fetch_all(&mut *conn).await?;
+                let args = chunk.iter().map(|v| Arg::from(v.as_str())).collect();
+                let rows = conn.rows(&sql, args, &[Ty::Text, Ty::Text]).await?;
                 let (map, known) = if col == "mobile" {
                     (&mut self.by_mobile, &mut self.mobiles_known)
                 } else {
@@ -144,7 +144,7 @@ impl Unit {
                 };
                 // Newest first in the query, so the oldest customer is inserted last and wins.
                 for row in rows {
-                    map.insert(row.try_get(0)?, row.try_get(1)?);
+                    map.insert(row.text(0)?, row.text(1)?);
                 }
                 known.extend(chunk.iter().map(|v| (*v).clone()));
             }
@@ -155,7 +155,7 @@ impl Unit {
     /// The existing customer with this mobile, else with this ID number.
     pub async fn find_customer(
         &mut self,
-        conn: &mut AnyConnection,
+        conn: &mut dyn Exec,
         mobile: Option<&str>,
         id_no: Option<&str>,
     ) -> Result<Option<String>, StoreError> {
@@ -182,7 +182,7 @@ impl Unit {
     /// The current data of a record, loading it if needed.
     pub async fn get(
         &mut self,
-        conn: &mut AnyConnection,
+        conn: &mut dyn Exec,
         entity: &str,
         id: &str,
     ) -> Result<Option<&Map<String, Value>>, StoreError> {
@@ -196,7 +196,7 @@ impl Unit {
     /// update older (by the source's `updated_at`) than what is stored changes nothing.
     pub async fn upsert(
         &mut self,
-        conn: &mut AnyConnection,
+        conn: &mut dyn Exec,
         entity: &str,
         id: &str,
         incoming: &Map<String, Value>,
@@ -350,7 +350,7 @@ impl Unit {
 
     /// Writes everything: new records in one INSERT, changed ones one UPDATE each, all history
     /// in one INSERT.
-    pub async fn flush(self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+    pub async fn flush(self, conn: &mut dyn Exec) -> Result<(), StoreError> {
         let now = now_ms();
         let mut inserts = Vec::new();
         let mut changes = Vec::new();
@@ -387,23 +387,8 @@ impl Unit {
                     now.into(),
                 ]);
             } else if r.dirty {
-                sqlx::query(
-                    "UPDATE crm_records SET data = $1, version = $2, dealer_code = $3, mobile = $4, id_no = $5, \
-                     ref = $6, source_system = $7, src_updated_at = $8, updated_at = $9 WHERE entity = $10 AND id = $11",
-                )
-                .bind(data)
-                .bind(r.version)
-                .bind(r.dealer_code)
-                .bind(r.mobile)
-                .bind(r.id_no)
-                .bind(r.reference)
-                .bind(r.source_system)
-                .bind(r.src_updated_at)
-                .bind(now)
-                .bind(entity)
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
+                conn.exec("UPDATE crm_records SET data = $1, version = $2, dealer_code = $3, mobile = $4, id_no = $5, \
+                     ref = $6, source_system = $7, src_updated_at = $8, updated_at = $9 WHERE entity = $10 AND id = $11", args![data, r.version, r.dealer_code, r.mobile, r.id_no, r.reference, r.source_system, r.src_updated_at, now, entity, id]).await?;
             }
         }
         insert_rows(
@@ -460,7 +445,7 @@ fn history_row(
 /// Queues a key-field change for headquarters, once per (customer, field, new value).
 #[allow(clippy::too_many_arguments)]
 async fn queue_approval(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     customer_id: &str,
     dealer: Option<&str>,
     field: &str,
@@ -470,30 +455,15 @@ async fn queue_approval(
     message_id: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
-    let pending = sqlx::query(
-        "SELECT COUNT(*) FROM approvals WHERE customer_id = $1 AND field = $2 AND new_value = $3 AND status = 'pending'",
-    )
-    .bind(customer_id)
-    .bind(field)
-    .bind(new.as_deref())
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get::<i64, _>(0)?;
-    if pending == 0 {
-        sqlx::query(
-            "INSERT INTO approvals (customer_id, dealer_code, field, old_value, new_value, source_system, \
-             message_id, status, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,'pending',$8)",
+    let pending = conn
+        .one_int(
+            "SELECT COUNT(*) FROM approvals WHERE customer_id = $1 AND field = $2 AND new_value = $3 AND status = 'pending'",
+            args![customer_id, field, new.as_deref()],
         )
-        .bind(customer_id)
-        .bind(dealer)
-        .bind(field)
-        .bind(old)
-        .bind(new)
-        .bind(src.system.as_str())
-        .bind(message_id)
-        .bind(now)
-        .execute(&mut *conn)
         .await?;
+    if pending == 0 {
+        conn.exec("INSERT INTO approvals (customer_id, dealer_code, field, old_value, new_value, source_system, \
+             message_id, status, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7,'pending',$8)", args![customer_id, dealer, field, old, new, src.system.as_str(), message_id, now]).await?;
     }
     Ok(())
 }

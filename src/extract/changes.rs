@@ -29,7 +29,8 @@
 
 use std::time::Duration;
 
-use sqlx::{AnyConnection, AnyPool, Row};
+use crate::store::exec::Exec;
+use sqlx::{AnyPool, Row};
 
 use crate::store::rows::{Arg, insert_rows};
 use crate::store::{Dialect, StoreError};
@@ -75,7 +76,7 @@ pub struct Change {
 
 /// Appends `changes` in the caller's transaction, in as few multi-row INSERTs as the bind limit
 /// allows (the CRM apply path is benchmarked: one statement per batch, not per record).
-pub async fn append(conn: &mut AnyConnection, changes: Vec<Change>) -> Result<(), StoreError> {
+pub async fn append(conn: &mut dyn Exec, changes: Vec<Change>) -> Result<(), StoreError> {
     if changes.is_empty() {
         return Ok(());
     }

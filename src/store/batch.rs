@@ -7,16 +7,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use sqlx::AnyConnection;
 use synchub_adapter_sdk::RecordVerdict;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
+use super::exec::Exec;
 use super::journal::{self, Staged};
 use super::{BoxFuture, Dialect, Store, StoreError};
 
 /// Writes a batch of items in one transaction: one output per item, in item order.
 pub type BatchWrite<I, O> =
-    for<'c> fn(&'c mut AnyConnection, Vec<I>) -> BoxFuture<'c, Result<Vec<O>, StoreError>>;
+    for<'c> fn(&'c mut dyn Exec, Vec<I>) -> BoxFuture<'c, Result<Vec<O>, StoreError>>;
 
 /// How much one batch may hold.
 #[derive(Debug, Clone, Copy)]
@@ -143,7 +143,7 @@ impl<I: Clone + Send + 'static, O: Send + 'static> Batcher<I, O> {
 
     async fn enqueue(&self, items: Vec<I>) -> Result<Waiting<O>, StoreError> {
         let write = self.write;
-        let waiting = self.store.enqueue(move |c| write(c, items)).await?;
+        let waiting = self.store.enqueue_exec(move |c| write(c, items)).await?;
         Ok(Box::pin(waiting))
     }
 
@@ -217,7 +217,7 @@ pub fn accept_queue(store: Store, wake: Arc<Notify>) -> AcceptQueue {
 }
 
 fn commit_parts(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     parts: Vec<Staged>,
 ) -> BoxFuture<'_, Result<Vec<Vec<RecordVerdict>>, StoreError>> {
     Box::pin(async move {

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 
 use serde_json::json;
-use sqlx::{AnyConnection, Row};
 use synchub_adapter_sdk::{FieldError, RecordVerdict};
 use uuid::Uuid;
 
+use super::exec::{Exec, Ty};
 use super::rows::{
     Arg, insert_rows, insert_rows_returning, update_from_values, update_from_values_returning_ids,
 };
@@ -124,10 +124,7 @@ fn message_row(m: &NewMessage) -> Vec<Arg> {
     ]
 }
 
-pub async fn insert_messages(
-    conn: &mut AnyConnection,
-    ms: &[&NewMessage],
-) -> Result<(), StoreError> {
+pub async fn insert_messages(conn: &mut dyn Exec, ms: &[&NewMessage]) -> Result<(), StoreError> {
     let mut tally = Tally::default();
     for m in ms {
         tally.message(
@@ -148,13 +145,13 @@ pub async fn insert_messages(
     tally.write(conn).await
 }
 
-pub async fn insert_message(conn: &mut AnyConnection, m: &NewMessage) -> Result<(), StoreError> {
+pub async fn insert_message(conn: &mut dyn Exec, m: &NewMessage) -> Result<(), StoreError> {
     insert_messages(conn, &[m]).await
 }
 
 /// Business keys of many messages in one statement.
 pub async fn insert_keys_of(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     keys: &[(Uuid, &[(&'static str, String)])],
 ) -> Result<(), StoreError> {
     let mut rows = Vec::new();
@@ -173,7 +170,7 @@ pub async fn insert_keys_of(
 }
 
 pub async fn insert_keys(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     message_id: Uuid,
     keys: &[(&'static str, String)],
 ) -> Result<(), StoreError> {
@@ -203,7 +200,7 @@ const DELIVERY_COLS: &[&str] = &[
 
 /// Deliveries of many messages in one statement; ids (and so lane order) follow slice order.
 pub async fn insert_deliveries(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     ds: &[(Uuid, &NewDelivery)],
 ) -> Result<(), StoreError> {
     let now = now_ms();
@@ -216,7 +213,7 @@ pub async fn insert_deliveries(
 }
 
 pub async fn insert_delivery(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     message_id: Uuid,
     d: &NewDelivery,
 ) -> Result<(), StoreError> {
@@ -224,20 +221,20 @@ pub async fn insert_delivery(
 }
 
 /// Reserves `n` consecutive values of a named counter and returns the first.
-pub(crate) async fn reserve(
-    conn: &mut AnyConnection,
-    name: &str,
-    n: i64,
-) -> Result<i64, StoreError> {
-    let row = sqlx::query(
-        "INSERT INTO counters (name, value) VALUES ($1, $2) \
-         ON CONFLICT (name) DO UPDATE SET value = counters.value + $2 RETURNING value",
-    )
-    .bind(name)
-    .bind(n)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(row.try_get::<i64, _>(0)? - n + 1)
+pub(crate) async fn reserve(conn: &mut dyn Exec, name: &str, n: i64) -> Result<i64, StoreError> {
+    let rows = conn
+        .rows(
+            "INSERT INTO counters (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = counters.value + $2 RETURNING value",
+            vec![name.into(), n.into()],
+            &[Ty::Int],
+        )
+        .await?;
+    let value = rows
+        .first()
+        .ok_or_else(|| StoreError::Query(format!("counter {name} returned no value")))?
+        .int(0)?;
+    Ok(value - n + 1)
 }
 
 fn china_day() -> String {
@@ -249,7 +246,7 @@ fn china_day() -> String {
 
 /// Existing customers by mobile and by ID number, for many records at once.
 async fn customers_by(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     col: &str,
     values: &[String],
 ) -> Result<HashMap<String, String>, StoreError> {
@@ -260,14 +257,9 @@ async fn customers_by(
             "SELECT {col}, id FROM crm_records WHERE entity = 'customer' AND {col} IN ({}) ORDER BY created_at",
             list.join(",")
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for v in chunk {
-            q = q.bind(v.as_str());
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            found
-                .entry(row.try_get::<String, _>(0)?)
-                .or_insert(row.try_get::<String, _>(1)?);
+        let args = chunk.iter().map(|v| v.as_str().into()).collect();
+        for row in conn.rows(&sql, args, &[Ty::Text, Ty::Text]).await? {
+            found.entry(row.text(0)?).or_insert(row.text(1)?);
         }
     }
     Ok(found)
@@ -276,7 +268,7 @@ async fn customers_by(
 /// Gives every rule its business id: counters reserved in blocks, customers matched by mobile
 /// then ID number (two new records of one person in the same batch share one new id).
 pub async fn assign_ids(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     rules: &[Option<&IdRule>],
 ) -> Result<Vec<Option<String>>, StoreError> {
     let mut out: Vec<Option<String>> = vec![None; rules.len()];
@@ -384,17 +376,14 @@ pub async fn assign_ids(
 
 /// Journals a prepared event or replayed record (message, keys, deliveries) without the
 /// idempotency ledger: events are minted by the hub itself.
-pub async fn insert_prepared(
-    conn: &mut AnyConnection,
-    rec: &PreparedRecord,
-) -> Result<(), StoreError> {
+pub async fn insert_prepared(conn: &mut dyn Exec, rec: &PreparedRecord) -> Result<(), StoreError> {
     insert_prepared_many(conn, std::slice::from_ref(rec)).await
 }
 
 /// [`insert_prepared`] for many (the change events of a CRM batch): the same three multi-row
 /// statements whatever their number.
 pub async fn insert_prepared_many(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     recs: &[PreparedRecord],
 ) -> Result<(), StoreError> {
     if recs.is_empty() {
@@ -523,7 +512,7 @@ pub fn stage(
 /// number of statements per submission, whatever its size: ids, idempotency, messages, keys
 /// and deliveries each go in one multi-row statement.
 pub async fn accept(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     transport: &NewMessage,
     transport_keys: &[(&'static str, String)],
     records: Vec<PreparedRecord>,
@@ -566,7 +555,7 @@ impl Staged {
 
 /// The transactional half of `accept`: ids, duplicates, then the prepared rows.
 pub async fn commit_staged(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     mut st: Staged,
 ) -> Result<Vec<RecordVerdict>, StoreError> {
     let rules: Vec<Option<&IdRule>> = st
@@ -622,14 +611,17 @@ pub async fn commit_staged(
             .filter(|(i, _, _)| !taken.contains(&st.records[*i].message_id.to_string()))
             .collect();
         for (i, scope, key) in others {
-            let row = sqlx::query(
-                "SELECT message_id, entity_id FROM idempotency WHERE scope = $1 AND idem_key = $2",
-            )
-            .bind(scope.as_str())
-            .bind(key.as_str())
-            .fetch_one(&mut *conn)
-            .await?;
-            duplicate_of.insert(*i, (row.try_get(0)?, row.try_get(1)?));
+            let rows = conn
+                .rows(
+                    "SELECT message_id, entity_id FROM idempotency WHERE scope = $1 AND idem_key = $2",
+                    vec![scope.as_str().into(), key.as_str().into()],
+                    &[Ty::Text, Ty::Text],
+                )
+                .await?;
+            let row = rows.first().ok_or_else(|| {
+                StoreError::Query(format!("idempotency key {scope}/{key} vanished"))
+            })?;
+            duplicate_of.insert(*i, (row.text(0)?, row.opt_text(1)?));
         }
     }
 
@@ -774,7 +766,7 @@ pub enum Targets {
 /// target's backlog is (a million CRM rows waiting must not slow the claim of partner rows).
 /// The order of the targets rotates so none starves the others.
 pub async fn claim(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     dialect: Dialect,
     limit: i64,
     lease_ms: i64,
@@ -802,7 +794,7 @@ pub async fn claim(
 }
 
 async fn claim_where(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     dialect: Dialect,
     limit: i64,
     lease_ms: i64,
@@ -843,33 +835,32 @@ async fn claim_where(
            max_backoff_ms, mapping_version, content_type, headers, body, \
            (SELECT correlation_id FROM messages m WHERE m.id = deliveries.message_id), mapping"
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(lease_until)
-        .bind(now)
-        .bind(limit);
-    for t in names {
-        q = q.bind(t.as_str());
-    }
-    let rows = q.fetch_all(&mut *conn).await?;
+    let mut args: Vec<Arg> = vec![lease_until.into(), now.into(), limit.into()];
+    args.extend(names.iter().map(|t| t.as_str().into()));
+    use Ty::{Blob, Int, Text};
+    let types = [
+        Int, Text, Text, Text, Text, Text, Int, Int, Int, Int, Int, Text, Text, Blob, Text, Text,
+    ];
+    let rows = conn.rows(&sql, args, &types).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         out.push(Claimed {
-            id: r.try_get(0)?,
-            message_id: parse_uuid(&r.try_get::<String, _>(1)?)?,
-            route: r.try_get(2)?,
-            target: r.try_get(3)?,
-            lane: r.try_get(4)?,
-            dealer_code: r.try_get(5)?,
-            attempts: r.try_get(6)?,
-            max_attempts: r.try_get(7)?,
-            backoff_ms: r.try_get(8)?,
-            max_backoff_ms: r.try_get(9)?,
-            mapping_version: r.try_get(10)?,
-            content_type: r.try_get(11)?,
-            headers: r.try_get(12)?,
-            body: r.try_get(13)?,
-            correlation_id: r.try_get(14)?,
-            mapping: r.try_get(15)?,
+            id: r.int(0)?,
+            message_id: parse_uuid(&r.text(1)?)?,
+            route: r.text(2)?,
+            target: r.text(3)?,
+            lane: r.opt_text(4)?,
+            dealer_code: r.opt_text(5)?,
+            attempts: r.int(6)?,
+            max_attempts: r.int(7)?,
+            backoff_ms: r.int(8)?,
+            max_backoff_ms: r.int(9)?,
+            mapping_version: r.opt_int(10)?,
+            content_type: r.text(11)?,
+            headers: r.text(12)?,
+            body: r.blob(13)?,
+            correlation_id: r.opt_text(14)?,
+            mapping: r.opt_text(15)?,
             mapped_body: None,
             lease_until,
         });
@@ -879,18 +870,15 @@ async fn claim_where(
 }
 
 /// Puts deliveries whose lease ran out (their instance died mid-attempt) back in line.
-pub async fn release_expired_leases(conn: &mut AnyConnection) -> Result<u64, StoreError> {
+pub async fn release_expired_leases(conn: &mut dyn Exec) -> Result<u64, StoreError> {
     let now = now_ms();
-    let n = sqlx::query(
+    conn.exec(
         "UPDATE deliveries SET status = 'pending', lease_until = NULL, next_attempt_at = $1, updated_at = $1, \
          last_reason = 'lease expired: the instance working on it stopped' \
          WHERE status = 'in_flight' AND lease_until < $1",
+        vec![now.into()],
     )
-    .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(n)
+    .await
 }
 
 /// The result of one attempt, ready to record.
@@ -912,7 +900,7 @@ pub struct AttemptRecord {
 /// Returns false when the lease was lost (another instance took over): the caller's transaction
 /// must then roll back any side effects.
 pub async fn complete(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     c: &Claimed,
     a: &AttemptRecord,
 ) -> Result<bool, StoreError> {
@@ -923,7 +911,7 @@ pub async fn complete(
 /// Records many attempts of one claim at once (see [`complete_each`]). Fails (so the caller's
 /// transaction rolls back) if any lease was lost.
 pub async fn complete_many(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     items: &[(Claimed, AttemptRecord)],
 ) -> Result<(), StoreError> {
     let held = complete_each(conn, items).await?;
@@ -941,7 +929,7 @@ pub async fn complete_many(
 /// whether this instance still held the lease; an item whose lease was lost is left alone (no
 /// attempt row), the others are recorded.
 pub async fn complete_each(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     items: &[(Claimed, AttemptRecord)],
 ) -> Result<Vec<bool>, StoreError> {
     let now = now_ms();
@@ -1018,7 +1006,7 @@ pub async fn complete_each(
 }
 
 async fn insert_attempts(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     items: &[(&Claimed, &AttemptRecord)],
 ) -> Result<(), StoreError> {
     let rows = items
@@ -1059,23 +1047,16 @@ async fn insert_attempts(
 }
 
 /// Operator action: put a parked (or rejected, or pending) delivery back in line now.
-pub async fn retry_delivery(
-    conn: &mut AnyConnection,
-    id: i64,
-    who: &str,
-) -> Result<(), StoreError> {
+pub async fn retry_delivery(conn: &mut dyn Exec, id: i64, who: &str) -> Result<(), StoreError> {
     let now = now_ms();
-    let n = sqlx::query(
-        "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, updated_at = $1, \
-         max_attempts = CASE WHEN attempts >= max_attempts THEN attempts + max_attempts ELSE max_attempts END, \
-         last_reason = $2 WHERE id = $3 AND status IN ('parked','rejected','pending')",
-    )
-    .bind(now)
-    .bind(format!("retry requested by {who}"))
-    .bind(id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let n = conn
+        .exec(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = $1, updated_at = $1, \
+             max_attempts = CASE WHEN attempts >= max_attempts THEN attempts + max_attempts ELSE max_attempts END, \
+             last_reason = $2 WHERE id = $3 AND status IN ('parked','rejected','pending')",
+            vec![now.into(), format!("retry requested by {who}").into(), id.into()],
+        )
+        .await?;
     if n == 0 {
         return Err(StoreError::Conflict(format!(
             "delivery {id} is not parked, rejected or pending (in flight or already delivered)"
@@ -1085,18 +1066,15 @@ pub async fn retry_delivery(
 }
 
 /// Operator action: stop a delivery from being attempted; it holds its lane until retried.
-pub async fn park_delivery(conn: &mut AnyConnection, id: i64, who: &str) -> Result<(), StoreError> {
+pub async fn park_delivery(conn: &mut dyn Exec, id: i64, who: &str) -> Result<(), StoreError> {
     let now = now_ms();
-    let n = sqlx::query(
-        "UPDATE deliveries SET status = 'parked', updated_at = $1, last_reason = $2 \
-         WHERE id = $3 AND status IN ('pending','in_flight')",
-    )
-    .bind(now)
-    .bind(format!("parked by {who}"))
-    .bind(id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let n = conn
+        .exec(
+            "UPDATE deliveries SET status = 'parked', updated_at = $1, last_reason = $2 \
+             WHERE id = $3 AND status IN ('pending','in_flight')",
+            vec![now.into(), format!("parked by {who}").into(), id.into()],
+        )
+        .await?;
     if n == 0 {
         return Err(StoreError::Conflict(format!(
             "delivery {id} is not pending or in flight (already delivered, rejected or parked)"

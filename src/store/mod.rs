@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod batch;
 pub mod deliveries;
+pub mod exec;
 pub mod journal;
 pub mod postgres;
 pub mod queries;
@@ -85,7 +86,46 @@ pub struct JobDone {
 }
 
 /// A unit of write work run inside a transaction the backend owns.
-pub type Job = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, JobDone> + Send>;
+pub enum Job {
+    /// Work written against sqlx (the CRM store, operator actions, schedules).
+    Any(AnyJob),
+    /// Work written against [`exec::Exec`] only (accept, claim, outcome): on SQLite it runs on
+    /// the writer's own connection, without a round trip per statement.
+    Exec(ExecJob),
+}
+
+pub type AnyJob = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, JobDone> + Send>;
+pub type ExecJob = Box<dyn for<'c> FnOnce(&'c mut dyn exec::Exec) -> BoxFuture<'c, JobDone> + Send>;
+
+/// What a job's result becomes: kept (and its value sent after COMMIT) or rolled back.
+fn job_done<T: Send + 'static>(
+    result: Result<T, StoreError>,
+    tx: oneshot::Sender<Result<T, StoreError>>,
+) -> JobDone {
+    match result {
+        Ok(v) => JobDone {
+            ok: true,
+            finish: Box::new(move |committed| {
+                let _ = tx.send(committed.map(|()| v));
+            }),
+        },
+        Err(e) => JobDone {
+            ok: false,
+            finish: Box::new(move |_| {
+                let _ = tx.send(Err(e));
+            }),
+        },
+    }
+}
+
+/// The wait for a queued job's commit.
+async fn committed<T>(rx: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    rx.await.map_err(|_| {
+        StoreError::Unavailable(
+            "the write was not committed: the store writer failed to run it (see the log)".into(),
+        )
+    })?
+}
 
 /// The two storage engines. They differ only in how write jobs reach the database.
 #[async_trait]
@@ -157,33 +197,42 @@ impl Store {
             + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
-        let job: Job = Box::new(move |conn: &mut AnyConnection| {
-            Box::pin(async move {
-                match f(conn).await {
-                    Ok(v) => JobDone {
-                        ok: true,
-                        finish: Box::new(move |committed| {
-                            let _ = tx.send(committed.map(|()| v));
-                        }),
-                    },
-                    Err(e) => JobDone {
-                        ok: false,
-                        finish: Box::new(move |_| {
-                            let _ = tx.send(Err(e));
-                        }),
-                    },
-                }
-            })
+        let job: AnyJob = Box::new(move |conn: &mut AnyConnection| {
+            Box::pin(async move { job_done(f(conn).await, tx) })
         });
-        self.backend.submit(job).await?;
-        Ok(async move {
-            rx.await.map_err(|_| {
-                StoreError::Unavailable(
-                    "the write was not committed: the store writer failed to run it (see the log)"
-                        .into(),
-                )
-            })?
-        })
+        self.backend.submit(Job::Any(job)).await?;
+        Ok(committed(rx))
+    }
+
+    /// [`Store::write`] for work written against [`exec::Exec`] alone: on SQLite it runs on
+    /// the writer's own connection, statement by statement on the writer's thread.
+    pub async fn write_exec<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut dyn exec::Exec) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        self.enqueue_exec(f).await?.await
+    }
+
+    /// [`Store::enqueue`] for [`exec::Exec`] work.
+    pub async fn enqueue_exec<T, F>(
+        &self,
+        f: F,
+    ) -> Result<impl Future<Output = Result<T, StoreError>> + Send + 'static, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut dyn exec::Exec) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let job: ExecJob = Box::new(move |conn: &mut dyn exec::Exec| {
+            Box::pin(async move { job_done(f(conn).await, tx) })
+        });
+        self.backend.submit(Job::Exec(job)).await?;
+        Ok(committed(rx))
     }
 
     /// Ready = reachable and migrated (migrations run in `open`).
@@ -200,16 +249,14 @@ impl Store {
 /// Takes PostgreSQL advisory lock `key` until the transaction ends (a no-op on SQLite, whose
 /// single writer already serialises), for read-decide-write steps that instances sharing one
 /// database must not interleave.
-pub async fn advisory_xact_lock(
-    conn: &mut sqlx::AnyConnection,
-    key: i64,
-) -> Result<(), StoreError> {
-    if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+pub async fn advisory_xact_lock(conn: &mut dyn exec::Exec, key: i64) -> Result<(), StoreError> {
+    if !conn.is_sqlite() {
         // Wrapped in a SELECT of a constant: the Any driver cannot decode `void`.
-        sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l")
-            .bind(key)
-            .execute(&mut *conn)
-            .await?;
+        conn.exec(
+            "SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l",
+            vec![key.into()],
+        )
+        .await?;
     }
     Ok(())
 }

@@ -48,7 +48,10 @@ impl Backend for PgBackend {
 
     async fn submit(&self, job: Job) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let done = job(&mut tx).await;
+        let done = match job {
+            Job::Any(job) => job(&mut tx).await,
+            Job::Exec(job) => job(&mut *tx).await,
+        };
         if done.ok {
             let committed = tx.commit().await.map_err(StoreError::from);
             (done.finish)(committed);

@@ -1,10 +1,10 @@
-//! Multi-row INSERTs: one statement for many rows. Every statement costs a round trip to the
-//! database (for SQLite through sqlx's connection thread), so per-row statements, not fsyncs,
-//! are what limit ingest; batching them is what makes group commit pay off.
-
-use sqlx::AnyConnection;
+//! Many-row INSERTs and UPDATEs for the journal and the CRM store. Through sqlx (PostgreSQL) a
+//! statement costs a round trip, so many rows go in one multi-row statement; on the SQLite
+//! writer's own connection a statement costs no round trip, so each row runs the same cached
+//! one-row statement (no statement per row count to prepare, no long binding lists).
 
 use super::StoreError;
+use super::exec::{Exec, Ty};
 
 /// A value bound into a multi-row INSERT.
 #[derive(Debug, Clone)]
@@ -50,6 +50,24 @@ impl From<Option<&str>> for Arg {
     }
 }
 
+impl From<&String> for Arg {
+    fn from(s: &String) -> Arg {
+        Arg::from(s.as_str())
+    }
+}
+
+impl From<&Option<String>> for Arg {
+    fn from(s: &Option<String>) -> Arg {
+        Arg::from(s.as_deref())
+    }
+}
+
+impl From<Vec<u8>> for Arg {
+    fn from(b: Vec<u8>) -> Arg {
+        Arg::Blob(b)
+    }
+}
+
 impl From<i64> for Arg {
     fn from(v: i64) -> Arg {
         Arg::Int(Some(v))
@@ -62,66 +80,61 @@ impl From<Option<i64>> for Arg {
     }
 }
 
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
-
-/// Binds every value of every row, in order.
-fn bind_rows(mut q: AnyQuery<'_>, rows: Vec<Vec<Arg>>) -> AnyQuery<'_> {
-    for arg in rows.into_iter().flatten() {
-        q = match arg {
-            Arg::Text(v) => q.bind(v),
-            Arg::Int(v) => q.bind(v),
-            Arg::Blob(v) => q.bind(v),
-        };
-    }
-    q
-}
-
 /// Both engines allow 32,766+ bound values per statement; stay well below.
 const MAX_BINDS: usize = 16_000;
+
+/// Rows per statement: as many as the bind limit allows, or one where that is cheaper.
+fn chunk_rows(conn: &dyn Exec, ncols: usize) -> usize {
+    if conn.single_row_statements() {
+        1
+    } else {
+        (MAX_BINDS / ncols).max(1)
+    }
+}
 
 /// `INSERT INTO <table> (<cols>) VALUES (...), (...) <suffix>` for all `rows`, chunked under the
 /// bind limit. Returns the rows affected.
 pub async fn insert_rows(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     table: &str,
     cols: &[&str],
     rows: Vec<Vec<Arg>>,
     suffix: &str,
 ) -> Result<u64, StoreError> {
-    let per_chunk = (MAX_BINDS / cols.len()).max(1);
+    let per_chunk = chunk_rows(conn, cols.len());
     let mut affected = 0;
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_chunk).collect();
         // SQLite resolves each `$N` by scanning the statement's parameter names (quadratic in the
         // number of binds); anonymous `?` binds are positional. PostgreSQL needs `$N`.
-        let positional = conn.backend_name().eq_ignore_ascii_case("sqlite");
+        let positional = conn.is_sqlite();
         let sql = insert_sql(table, cols, chunk.len(), suffix, positional);
-        let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk);
-        affected += q.execute(&mut *conn).await?.rows_affected();
+        affected += conn
+            .exec(&sql, chunk.into_iter().flatten().collect())
+            .await?;
     }
     Ok(affected)
 }
 
 /// Like [`insert_rows`] with a `RETURNING <one text column>` suffix: the returned values.
 pub async fn insert_rows_returning(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     table: &str,
     cols: &[&str],
     rows: Vec<Vec<Arg>>,
     suffix: &str,
 ) -> Result<Vec<String>, StoreError> {
-    use sqlx::Row;
-    let per_chunk = (MAX_BINDS / cols.len()).max(1);
-    let positional = conn.backend_name().eq_ignore_ascii_case("sqlite");
+    let per_chunk = chunk_rows(conn, cols.len());
+    let positional = conn.is_sqlite();
     let mut out = Vec::new();
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
         let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_chunk).collect();
         let sql = insert_sql(table, cols, chunk.len(), suffix, positional);
-        let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk);
-        for row in q.fetch_all(&mut *conn).await? {
-            out.push(row.try_get::<String, _>(0)?);
+        let args = chunk.into_iter().flatten().collect();
+        for row in conn.rows(&sql, args, &[Ty::Text]).await? {
+            out.push(row.text(0)?);
         }
     }
     Ok(out)
@@ -147,7 +160,7 @@ pub fn insert_sql(
 /// `v.column3`, ... and rows are matched on `<table>.<key> = v.column1` (both engines name
 /// VALUES columns `column1..N`).
 pub async fn update_from_values(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     table: &str,
     set: &str,
     key: &str,
@@ -165,7 +178,7 @@ pub async fn update_from_values(
 /// Like [`update_from_values`], with the whole `WHERE` condition given (the VALUES are `v`) and
 /// the ids of the rows it updated returned: for updates that must also check each row's state.
 pub async fn update_from_values_returning_ids(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     table: &str,
     set: &str,
     condition: &str,
@@ -181,7 +194,7 @@ pub async fn update_from_values_returning_ids(
 
 /// The two above: the rows updated, and with `returning` their ids.
 async fn update_values(
-    conn: &mut AnyConnection,
+    conn: &mut dyn Exec,
     table: &str,
     set: &str,
     condition: &str,
@@ -189,9 +202,8 @@ async fn update_values(
     rows: Vec<Vec<Arg>>,
     returning: bool,
 ) -> Result<(u64, Vec<i64>), StoreError> {
-    use sqlx::Row;
-    let per_chunk = (MAX_BINDS / ncols).max(1);
-    let positional = conn.backend_name().eq_ignore_ascii_case("sqlite");
+    let per_chunk = chunk_rows(conn, ncols);
+    let positional = conn.is_sqlite();
     let (mut affected, mut ids) = (0, Vec::new());
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
@@ -203,14 +215,14 @@ async fn update_values(
         if returning {
             sql.push_str(&format!(" RETURNING {table}.id"));
         }
-        let q = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk);
+        let args = chunk.into_iter().flatten().collect();
         if returning {
-            for row in q.fetch_all(&mut *conn).await? {
-                ids.push(row.try_get::<i64, _>(0)?);
+            for row in conn.rows(&sql, args, &[Ty::Int]).await? {
+                ids.push(row.int(0)?);
                 affected += 1;
             }
         } else {
-            affected += q.execute(&mut *conn).await?.rows_affected();
+            affected += conn.exec(&sql, args).await?;
         }
     }
     Ok((affected, ids))

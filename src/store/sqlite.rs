@@ -1,6 +1,8 @@
-//! Embedded SQLite backend: one writer task owns the only write connection and commits every
+//! Embedded SQLite backend: one writer thread owns the only write connections and commits every
 //! job waiting in its queue in one transaction (group commit: one fsync per batch instead of one
-//! per accept is what makes thousands of durable accepts per second possible on one disk).
+//! per accept is what makes thousands of durable accepts per second possible on one disk). The
+//! hot jobs (accept, claim, outcome, CRM apply) run on the thread's own rusqlite connection; the
+//! rest on sqlx's.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,7 +16,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 /// std Mutex for the sender: held only to clone or take it, never across an await.
 type SenderSlot = std::sync::Mutex<Option<mpsc::Sender<Job>>>;
 
-use super::{Backend, Dialect, Job, StoreError};
+use super::exec::LiteConn;
+use super::{Backend, Dialect, Job, JobDone, StoreError};
 use crate::telemetry::metrics_names as m;
 
 /// Most jobs committed in one transaction: bounds how long one commit holds the write lock and
@@ -34,7 +37,7 @@ pub struct SqliteBackend {
 /// Pragmas for every connection. `synchronous = FULL` in WAL mode: a commit is on disk when it
 /// returns, so a 202 survives power loss, not only a process crash.
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
-                       PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -65536;";
+                       PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -32768;";
 
 impl SqliteBackend {
     pub async fn open(url: &str) -> Result<SqliteBackend, StoreError> {
@@ -72,6 +75,11 @@ impl SqliteBackend {
             .connect_with(opts)
             .await?;
 
+        let lite = match file_path(&url) {
+            Some(path) => Some(LiteConn::open(&path, PRAGMAS)?),
+            None => None,
+        };
+
         let (tx, rx) = mpsc::channel::<Job>(8192);
         // The writer runs on a thread and runtime of its own. Every statement is a round trip to
         // SQLite's worker thread; on the shared runtime each return waited in the run queue
@@ -84,7 +92,7 @@ impl SqliteBackend {
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
-                runtime.block_on(writer_loop(writer, rx));
+                runtime.block_on(writer_loop(Writer { any: writer, lite }, rx));
                 let _ = stopped_tx.send(());
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
@@ -114,7 +122,51 @@ fn file_path(url: &str) -> Option<String> {
     (!path.is_empty() && path != ":memory:").then(|| path.to_string())
 }
 
-async fn writer_loop(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>) {
+/// The writer's two connections to one file: sqlx's, for jobs written against sqlx, and its own
+/// rusqlite one for [`Job::Exec`] jobs (absent for an in-memory database, where a second
+/// connection would open a second database: those jobs then run on sqlx's).
+struct Writer {
+    any: AnyConnection,
+    lite: Option<LiteConn>,
+}
+
+impl Writer {
+    fn side(&self, job: &Job) -> Side {
+        match job {
+            Job::Exec(_) if self.lite.is_some() => Side::Lite,
+            _ => Side::Any,
+        }
+    }
+
+    /// Transaction control on one side.
+    async fn control(&mut self, side: Side, sql: &'static str) -> Result<(), StoreError> {
+        match (side, self.lite.as_ref()) {
+            (Side::Lite, Some(lite)) => lite.batch(sql),
+            _ => self
+                .any
+                .execute(sql)
+                .await
+                .map(|_| ())
+                .map_err(StoreError::from),
+        }
+    }
+
+    async fn run(&mut self, job: Job) -> JobDone {
+        match (job, self.lite.as_mut()) {
+            (Job::Exec(job), Some(lite)) => job(lite).await,
+            (Job::Exec(job), None) => job(&mut self.any).await,
+            (Job::Any(job), _) => job(&mut self.any).await,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Any,
+    Lite,
+}
+
+async fn writer_loop(mut writer: Writer, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -125,29 +177,44 @@ async fn writer_loop(mut conn: AnyConnection, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let (t0, jobs) = (std::time::Instant::now(), batch.len() as u64);
-        run_group(&mut conn, &mut batch).await;
-        metrics::counter!(m::STORE_COMMITS).increment(1);
+        // Queue order is kept: consecutive jobs of one side share a transaction, and a change of
+        // side commits (the two connections cannot share one transaction).
+        let mut run: Vec<Job> = Vec::with_capacity(batch.len());
+        let mut side = None;
+        for job in batch.drain(..) {
+            let s = writer.side(&job);
+            if side.is_some_and(|cur| cur != s) {
+                run_group(&mut writer, side.unwrap_or(s), &mut run).await;
+                metrics::counter!(m::STORE_COMMITS).increment(1);
+            }
+            side = Some(s);
+            run.push(job);
+        }
+        if let Some(s) = side {
+            run_group(&mut writer, s, &mut run).await;
+            metrics::counter!(m::STORE_COMMITS).increment(1);
+        }
         metrics::counter!(m::STORE_JOBS).increment(jobs);
         metrics::counter!(m::STORE_BUSY).increment(t0.elapsed().as_micros() as u64);
     }
-    let _ = conn.close().await;
+    drop(writer.lite.take());
+    let _ = writer.any.close().await;
 }
 
-async fn run_group(conn: &mut AnyConnection, batch: &mut Vec<Job>) {
+async fn run_group(w: &mut Writer, side: Side, batch: &mut Vec<Job>) {
     // A savepoint per job lets one failing accept roll back alone while its neighbours in the
-    // same group commit go through. A single job needs none: the transaction is its own. Every
-    // statement is a round trip to SQLite's thread, so the transaction and savepoint statements
-    // between two jobs go as one: `RELEASE job; SAVEPOINT job`.
+    // same group commit go through. A single job needs none: the transaction is its own. The
+    // transaction and savepoint statements between two jobs go as one: `RELEASE job; SAVEPOINT
+    // job` (through sqlx, every statement is a round trip to SQLite's thread).
     let single = batch.len() == 1;
     let begin = if single {
         "BEGIN IMMEDIATE"
     } else {
         "BEGIN IMMEDIATE; SAVEPOINT job"
     };
-    if let Err(e) = conn.execute(begin).await {
-        let err = StoreError::from(e);
+    if let Err(err) = w.control(side, begin).await {
         // A BEGIN that went through before its SAVEPOINT failed must not stay open.
-        let _ = conn.execute("ROLLBACK").await;
+        let _ = w.control(side, "ROLLBACK").await;
         for job in batch.drain(..) {
             fail_unrun(job, err.clone());
         }
@@ -155,15 +222,13 @@ async fn run_group(conn: &mut AnyConnection, batch: &mut Vec<Job>) {
     }
     let mut finishes = Vec::with_capacity(batch.len());
     let total = batch.len();
-    // The statement that ends the previous job's savepoint (and opens the next one) is sent
-    // with the next boundary rather than on its own.
     let mut savepoint_lost: Option<StoreError> = None;
     for (i, job) in batch.drain(..).enumerate() {
         if let Some(err) = savepoint_lost.clone() {
             fail_unrun(job, err);
             continue;
         }
-        let done = job(conn).await;
+        let done = w.run(job).await;
         let last = i + 1 == total;
         if !single {
             let sql = match (done.ok, last) {
@@ -172,31 +237,30 @@ async fn run_group(conn: &mut AnyConnection, batch: &mut Vec<Job>) {
                 (true, true) => "RELEASE job",
                 (false, true) => "ROLLBACK TO job; RELEASE job",
             };
-            if let Err(e) = conn.execute(sql).await {
+            if let Err(e) = w.control(side, sql).await {
                 // Without its savepoint the next job could not be rolled back alone; the jobs
                 // not yet run are refused (their callers retry), the ones run are committed.
                 tracing::error!(error = %e, "Savepoint handling failed.");
-                savepoint_lost = Some(StoreError::from(e));
+                savepoint_lost = Some(e);
             }
         }
         finishes.push((done.ok, done.finish));
     }
     let all_failed_single = single && finishes.first().is_some_and(|(ok, _)| !ok);
-    let commit = if all_failed_single {
-        conn.execute("ROLLBACK").await.map(|_| ())
+    let end = if all_failed_single {
+        "ROLLBACK"
     } else {
-        conn.execute("COMMIT").await.map(|_| ())
+        "COMMIT"
     };
-    match commit {
+    match w.control(side, end).await {
         Ok(()) => {
             for (_, finish) in finishes {
                 finish(Ok(()));
             }
         }
-        Err(e) => {
-            let err = StoreError::from(e);
+        Err(err) => {
             tracing::error!(error = %err, jobs = finishes.len(), "Group commit failed; every job in it is reported failed.");
-            let _ = conn.execute("ROLLBACK").await;
+            let _ = w.control(side, "ROLLBACK").await;
             for (_, finish) in finishes {
                 finish(Err(err.clone()));
             }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::StoreError;
+use super::exec::Exec;
 use super::rows::{Arg, insert_rows};
 
 const RECEIVED: usize = 0;
@@ -77,8 +78,8 @@ impl Tally {
     }
 
     /// Adds the counts to the store (nothing to do costs no statement).
-    pub async fn write(self, conn: &mut AnyConnection) -> Result<(), StoreError> {
-        let shard = if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+    pub async fn write(self, conn: &mut dyn Exec) -> Result<(), StoreError> {
+        let shard = if conn.is_sqlite() {
             0
         } else {
             rand::rng().random_range(0..PG_SHARDS)

@@ -185,7 +185,7 @@ async fn wait_count(hub: &BenchHub, sql: &'static str, n: i64, limit: Duration) 
             Instant::now() < deadline,
             "timed out waiting for {sql} = {n}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -11,13 +11,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::args;
-use crate::store::exec::Exec;
 use serde_json::{Map, Value, json};
 use sqlx::{AnyPool, Row};
 
 use super::{Applied, ChangeEvent, ChangeSource, Columns, CrmFailure, Unit, str_field};
+use crate::args;
 use crate::store::StoreError;
+use crate::store::exec::Exec;
 
 /// Entity of a campaign's per-dealer assignment rows (id `<campaign_code>:<dealer_code>`).
 pub const ASSIGNMENT: &str = "campaign_assignment";

@@ -6,15 +6,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::args;
-use crate::store::exec::{Exec, Ty};
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
 use super::{ChangeEvent, ChangeSource, Columns, CrmFailure, Unit, str_field};
+use crate::args;
 use crate::rules::distribution::{Ask, DealerLoad, Decision, Strategy};
 use crate::rules::scoring::{self, LeadFacts};
 use crate::rules::{LeadRules, Level};
+use crate::store::exec::{Exec, Ty};
 use crate::store::{StoreError, now_ms};
 
 /// Lead statuses after which a lead no longer protects its mobile.

@@ -12,15 +12,15 @@ pub mod unit;
 
 use std::collections::HashMap;
 
-use crate::args;
-use crate::store::exec::{Exec, Ty};
-use crate::store::rows::Arg;
 use serde_json::{Map, Value, json};
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
 pub use self::unit::Unit;
+use crate::args;
+use crate::store::exec::{Exec, Ty};
 use crate::store::journal::{Claimed, parse_uuid};
+use crate::store::rows::Arg;
 use crate::store::{StoreError, now_ms};
 
 /// Customer fields whose change from a DMS needs headquarters' approval.

@@ -5,11 +5,11 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::args;
-use crate::store::exec::{Exec, Ty};
 use serde_json::{Map, Value};
 
 use super::{ChangeSource, Columns, KEY_FIELDS, Upserted, str_field, text};
+use crate::args;
+use crate::store::exec::{Exec, Ty};
 use crate::store::rows::{Arg, insert_rows};
 use crate::store::{StoreError, now_ms};
 

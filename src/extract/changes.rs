@@ -29,9 +29,9 @@
 
 use std::time::Duration;
 
-use crate::store::exec::Exec;
 use sqlx::{AnyPool, Row};
 
+use crate::store::exec::Exec;
 use crate::store::rows::{Arg, insert_rows};
 use crate::store::{Dialect, StoreError};
 

@@ -92,6 +92,39 @@ fn chunk_rows(conn: &dyn Exec, ncols: usize) -> usize {
     }
 }
 
+/// `rows` cut into statements of at most `per_chunk` rows each, with the statement's SQL built
+/// once per row count: on SQLite's own connection every statement has one row, so one string
+/// serves a whole batch instead of one `format!` per row.
+struct Statements<F> {
+    rows: std::iter::Peekable<std::vec::IntoIter<Vec<Arg>>>,
+    per_chunk: usize,
+    sql: F,
+    shape: Option<(usize, String)>,
+}
+
+impl<F: Fn(usize) -> String> Statements<F> {
+    fn new(rows: Vec<Vec<Arg>>, per_chunk: usize, sql: F) -> Self {
+        Statements {
+            rows: rows.into_iter().peekable(),
+            per_chunk,
+            sql,
+            shape: None,
+        }
+    }
+
+    /// The next statement's SQL and values.
+    fn next(&mut self) -> Option<(&str, Vec<Arg>)> {
+        self.rows.peek()?;
+        let chunk: Vec<Vec<Arg>> = self.rows.by_ref().take(self.per_chunk).collect();
+        let n = chunk.len();
+        if self.shape.as_ref().is_none_or(|(rows, _)| *rows != n) {
+            self.shape = Some((n, (self.sql)(n)));
+        }
+        let sql = self.shape.as_ref().map(|(_, sql)| sql.as_str())?;
+        Some((sql, chunk.into_iter().flatten().collect()))
+    }
+}
+
 /// `INSERT INTO <table> (<cols>) VALUES (...), (...) <suffix>` for all `rows`, chunked under the
 /// bind limit. Returns the rows affected.
 pub async fn insert_rows(
@@ -101,18 +134,15 @@ pub async fn insert_rows(
     rows: Vec<Vec<Arg>>,
     suffix: &str,
 ) -> Result<u64, StoreError> {
-    let per_chunk = chunk_rows(conn, cols.len());
+    // SQLite resolves each `$N` by scanning the statement's parameter names (quadratic in the
+    // number of binds); anonymous `?` binds are positional. PostgreSQL needs `$N`.
+    let positional = conn.is_sqlite();
+    let mut statements = Statements::new(rows, chunk_rows(conn, cols.len()), |n| {
+        insert_sql(table, cols, n, suffix, positional)
+    });
     let mut affected = 0;
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_chunk).collect();
-        // SQLite resolves each `$N` by scanning the statement's parameter names (quadratic in the
-        // number of binds); anonymous `?` binds are positional. PostgreSQL needs `$N`.
-        let positional = conn.is_sqlite();
-        let sql = insert_sql(table, cols, chunk.len(), suffix, positional);
-        affected += conn
-            .exec(&sql, chunk.into_iter().flatten().collect())
-            .await?;
+    while let Some((sql, args)) = statements.next() {
+        affected += conn.exec(sql, args).await?;
     }
     Ok(affected)
 }
@@ -125,15 +155,13 @@ pub async fn insert_rows_returning(
     rows: Vec<Vec<Arg>>,
     suffix: &str,
 ) -> Result<Vec<String>, StoreError> {
-    let per_chunk = chunk_rows(conn, cols.len());
     let positional = conn.is_sqlite();
+    let mut statements = Statements::new(rows, chunk_rows(conn, cols.len()), |n| {
+        insert_sql(table, cols, n, suffix, positional)
+    });
     let mut out = Vec::new();
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_chunk).collect();
-        let sql = insert_sql(table, cols, chunk.len(), suffix, positional);
-        let args = chunk.into_iter().flatten().collect();
-        for row in conn.rows(&sql, args, &[Ty::Text]).await? {
+    while let Some((sql, args)) = statements.next() {
+        for row in conn.rows(sql, args, &[Ty::Text]).await? {
             out.push(row.text(0)?);
         }
     }
@@ -202,27 +230,26 @@ async fn update_values(
     rows: Vec<Vec<Arg>>,
     returning: bool,
 ) -> Result<(u64, Vec<i64>), StoreError> {
-    let per_chunk = chunk_rows(conn, ncols);
     let positional = conn.is_sqlite();
-    let (mut affected, mut ids) = (0, Vec::new());
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<Vec<Arg>> = rows.by_ref().take(per_chunk).collect();
+    let mut statements = Statements::new(rows, chunk_rows(conn, ncols), |n| {
         let mut sql = format!(
             "UPDATE {table} SET {set} FROM (VALUES {}) AS v WHERE {condition}",
-            placeholders(ncols, chunk.len(), positional)
+            placeholders(ncols, n, positional)
         );
         if returning {
             sql.push_str(&format!(" RETURNING {table}.id"));
         }
-        let args = chunk.into_iter().flatten().collect();
+        sql
+    });
+    let (mut affected, mut ids) = (0, Vec::new());
+    while let Some((sql, args)) = statements.next() {
         if returning {
-            for row in conn.rows(&sql, args, &[Ty::Int]).await? {
+            for row in conn.rows(sql, args, &[Ty::Int]).await? {
                 ids.push(row.int(0)?);
                 affected += 1;
             }
         } else {
-            affected += conn.exec(&sql, args).await?;
+            affected += conn.exec(sql, args).await?;
         }
     }
     Ok((affected, ids))

@@ -203,6 +203,11 @@ impl Dispatcher {
         }
     }
 
+    /// Whether `target` is a CRM store endpoint (applied in the store, not sent to a partner).
+    pub fn is_crm_target(&self, target: &str) -> bool {
+        self.crm.contains_key(target)
+    }
+
     /// The lead rules new leads are scored and distributed by.
     pub fn with_lead_rules(mut self, rules: Option<Arc<crate::rules::LeadRules>>) -> Dispatcher {
         self.lead_rules = rules;

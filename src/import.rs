@@ -13,14 +13,18 @@
 //!   onto it by the CRM's matching, never a duplicate;
 //! - **imported**: a new record.
 //!
-//! Rows are journaled (endpoint `type = "import"`) with `source_ref` = file hash + line, so an
-//! interrupted import run again with the same file resumes: rows already journaled come back as
-//! duplicates and have no second effect.
+//! Rows are written in batches, one transaction each: the batch's transport unit (its rows' raw
+//! text, found by the file's sha256, naming the last line it covers), its rejected and flagged
+//! rows as rejected records with their reasons, and its imported and merged rows applied
+//! straight to the CRM store by the CRM's own matching and history (no delivery per row: a
+//! migration of millions of rows would otherwise write the journal twice over). An interrupted
+//! import run again with the same file resumes after the last committed batch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -29,9 +33,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
-use synchub_adapter_sdk::{
-    ContentType, Envelope, FieldError, Inbox, Principal, RecordIn, RecordVerdict, Submission,
-};
+use synchub_adapter_sdk::{ContentType, Envelope, FieldError, Principal};
 use synchub_adapter_sftp::Charset;
 use synchub_adapter_sftp::csv::RowReader;
 use synchub_transform::cleanse;
@@ -40,7 +42,10 @@ use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::watch;
 
 use crate::app::Assembled;
-use crate::store::Store;
+use crate::crm;
+use crate::pipeline::{Pipeline, id_rule};
+use crate::store::journal::{self, IdRule, PreparedRecord};
+use crate::store::{Store, StoreError};
 
 /// The principal system of imported records (history, idempotency scope, search).
 pub const SYSTEM: &str = "import";
@@ -49,7 +54,7 @@ pub const SYSTEM: &str = "import";
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImportEndpoint {
-    /// Rows per journal write.
+    /// Rows per write transaction.
     #[serde(default = "default_batch")]
     pub batch: usize,
     /// Charset of the files unless `--charset` says otherwise.
@@ -61,10 +66,16 @@ pub struct ImportEndpoint {
     pub vehicles: EntityRules,
     #[serde(default)]
     pub dealers: EntityRules,
+    /// Journal the CRM's change events of imported records (customer.created to the serving
+    /// dealer's DMS, ...), as live changes are. Off by default: a migration loads what the
+    /// dealers' systems already hold, and a million customer.created messages on go-live day
+    /// would be noise, not news.
+    #[serde(default)]
+    pub notify_dealers: bool,
 }
 
 fn default_batch() -> usize {
-    500
+    2000
 }
 
 fn default_true() -> bool {
@@ -79,6 +90,7 @@ impl Default for ImportEndpoint {
             customers: CustomerRules::default(),
             vehicles: EntityRules::default(),
             dealers: EntityRules::default(),
+            notify_dealers: false,
         }
     }
 }
@@ -120,8 +132,8 @@ impl ImportEndpoint {
     /// Problems for `synchub check`: (field, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        if self.batch == 0 || self.batch > 1000 {
-            out.push(("batch".into(), "must be between 1 and 1000".into()));
+        if self.batch == 0 || self.batch > MAX_BATCH {
+            out.push(("batch".into(), format!("must be between 1 and {MAX_BATCH}")));
         }
         for entity in ImportEntity::ALL {
             for field in self.rules(entity) {
@@ -282,7 +294,7 @@ pub struct Report {
     pub merged: u64,
     pub rejected: u64,
     pub flagged: u64,
-    /// Rows journaled by an earlier, interrupted run of the same file (no second effect).
+    /// Rows applied by an earlier, interrupted run of the same file (no second effect).
     pub resumed: u64,
     /// Counts per rule (`fix.*`, `reject.*`, `flag.*`, `merge.*`).
     pub rules: BTreeMap<String, u64>,
@@ -290,8 +302,9 @@ pub struct Report {
     pub flagged_rows: Vec<Listed>,
     pub before: i64,
     pub after: i64,
-    /// Delivery outcomes of the journaled rows in the CRM store: delivered, rejected, parked,
-    /// waiting (still retrying, e.g. a vehicle whose dealer is not known yet).
+    /// What the CRM store did with the rows sent to it: delivered (applied, directly or by the
+    /// dispatcher), and for rows it could not apply at once and that went the journal's way:
+    /// rejected, parked, waiting (still retrying, e.g. a vehicle whose dealer is not known yet).
     pub applied: BTreeMap<String, i64>,
     pub seconds: f64,
 }
@@ -528,9 +541,11 @@ impl Matcher {
 struct Pending {
     line: u64,
     text: String,
-    rec: Map<String, Value>,
     canonical: Map<String, Value>,
     source_ref: String,
+    /// Its verdict was `Merged` (else `Imported`): a row the CRM store refuses is then taken
+    /// back from the right count.
+    merged: bool,
 }
 
 /// A row not taken (rejected or flagged), journaled as a rejected record so the dashboard shows
@@ -685,8 +700,21 @@ pub async fn run(
     let mut progress = Progress::new(lines.saturating_sub(1));
     let mut pending: Vec<Pending> = Vec::new();
     let mut bad: Vec<Bad> = Vec::new();
-    let batch = rules.batch.clamp(1, 1000);
-    let pipeline = a.pipeline.clone();
+    let batch = rules.batch.clamp(1, MAX_BATCH);
+    let writer = BatchWriter {
+        pipeline: a.pipeline.clone(),
+        endpoint: opts.endpoint.clone(),
+        target: crm_target(a, &opts.endpoint, opts.entity)?,
+        record_type: opts.entity.schema().name(),
+        file: file_name.clone(),
+        sha256: sha256.clone(),
+        header: header.join(","),
+        notify: rules.notify_dealers,
+    };
+    // Lines up to here were applied by an earlier run of this file (its batches' units say so).
+    let (committed, _) = file_units(&store, &sha256).await?;
+    // One batch at the writer while the next is read and judged: the two cores both work.
+    let mut in_flight: Option<Written> = None;
     loop {
         let row = reader.next_row().await?;
         let done = row.is_none();
@@ -729,9 +757,9 @@ pub async fn run(
                 Ok(canonical) => pending.push(Pending {
                     line: row.line,
                     text: row.text,
-                    rec,
                     canonical,
                     source_ref,
+                    merged: false,
                 }),
                 Err(errors) => {
                     let live = validate(opts.entity.schema(), &Value::Object(rec.clone())).is_err();
@@ -759,28 +787,30 @@ pub async fn run(
                 &mut report,
                 &mut bad,
                 rows,
+                committed,
             )
             .await?;
             let not_taken = std::mem::take(&mut bad);
-            let nothing = take.is_empty() && not_taken.is_empty();
-            if !opts.dry_run && !nothing {
-                submit(
-                    &*pipeline,
-                    &store,
-                    &opts.endpoint,
-                    opts.entity,
-                    &header,
-                    take,
-                    not_taken,
-                    &mut report,
-                )
-                .await?;
+            if !opts.dry_run {
+                // What an earlier run applied is not written again.
+                let take: Vec<Pending> = take.into_iter().filter(|r| r.line > committed).collect();
+                let not_taken: Vec<Bad> =
+                    not_taken.into_iter().filter(|b| b.line > committed).collect();
+                if !(take.is_empty() && not_taken.is_empty()) {
+                    let next = writer.enqueue(&store, take, not_taken).await?;
+                    if let Some(prev) = in_flight.replace(next) {
+                        prev.finish(&mut report).await?;
+                    }
+                }
             }
             progress.set(report.source_rows, "");
         }
         if done {
             break;
         }
+    }
+    if let Some(last) = in_flight.take() {
+        last.finish(&mut report).await?;
     }
     if let Some(d) = dispatcher {
         let routes: Vec<String> = a
@@ -808,6 +838,8 @@ pub async fn run(
         let _ = stop_tx.send(true);
         let _ = d.await;
         report.applied = outcomes(&store, &opts.endpoint, &sha256).await?;
+        let (_, direct) = file_units(&store, &sha256).await?;
+        *report.applied.entry("delivered".into()).or_default() += direct as i64;
     }
     progress.finish();
     report.after = crate::crm::reads::count(store.pool(), opts.entity.crm_entity()).await?;
@@ -853,7 +885,8 @@ fn reject(report: &mut Report, line: u64, text: &str, errors: Vec<FieldError>) {
 }
 
 /// Decides the verdict of a batch of valid rows (store lookups in bulk) and returns the rows to
-/// journal (imported and merged), with whether each was journaled by an earlier run.
+/// apply (imported and merged). Rows up to line `committed` were applied by an earlier run of
+/// the file: they are judged without the store (which holds their own earlier import).
 async fn decide(
     store: &Store,
     entity: ImportEntity,
@@ -862,9 +895,8 @@ async fn decide(
     report: &mut Report,
     bad: &mut Vec<Bad>,
     rows: Vec<Pending>,
+    committed: u64,
 ) -> anyhow::Result<Vec<Pending>> {
-    let refs: Vec<String> = rows.iter().map(|r| r.source_ref.clone()).collect();
-    let resumed = journaled_refs(store, entity, &refs).await?;
     let mut take = Vec::new();
     match entity {
         ImportEntity::Customers => {
@@ -879,7 +911,7 @@ async fn decide(
             let by_mobile = stored_customers(store, "mobile", &mobiles).await?;
             let by_id_no = stored_customers(store, "id_no", &id_nos).await?;
             for r in rows {
-                let own = resumed.contains(&r.source_ref);
+                let own = r.line <= committed;
                 let lookup = |col: &str, v: &str| -> Option<Seen> {
                     if own {
                         return None;
@@ -908,7 +940,7 @@ async fn decide(
                 .collect();
             let stored = stored_ids(store, entity.crm_entity(), &keys).await?;
             for r in rows {
-                let own = resumed.contains(&r.source_ref);
+                let own = r.line <= committed;
                 let key = s(&r.canonical, key_field).unwrap_or_default();
                 let (verdict, rule) = matcher.natural(r.line, &key, !own && stored.contains(&key));
                 tally(report, bad, r, verdict, rule, own, &mut take);
@@ -930,6 +962,7 @@ fn tally(
     if !rule.is_empty() {
         *report.rules.entry(rule.into()).or_default() += 1;
     }
+    let merged = matches!(verdict, Verdict::Merged(_));
     match verdict {
         Verdict::Imported => report.imported += 1,
         Verdict::Merged(_) => report.merged += 1,
@@ -966,110 +999,275 @@ fn tally(
     if resumed {
         report.resumed += 1;
     }
-    take.push(r);
+    take.push(Pending { merged, ..r });
 }
 
-/// Journals the rows to take as one transport unit (its body: the header and the rows' text).
-#[allow(clippy::too_many_arguments)]
-async fn submit(
-    inbox: &dyn Inbox,
-    store: &Store,
-    endpoint: &str,
-    entity: ImportEntity,
-    header: &[String],
-    rows: Vec<Pending>,
-    not_taken: Vec<Bad>,
-    report: &mut Report,
-) -> anyhow::Result<()> {
-    // A rejected row has no idempotency record: a rerun must not journal it a second time.
-    let refs: Vec<String> = not_taken.iter().map(|b| b.source_ref.clone()).collect();
-    let seen = keyed_refs(store, &refs).await?;
-    let not_taken: Vec<Bad> = not_taken
-        .into_iter()
-        .filter(|b| !seen.contains(&b.source_ref))
-        .collect();
-    if rows.is_empty() && not_taken.is_empty() {
-        return Ok(());
-    }
-    let mut texts: Vec<(u64, &str)> = rows
-        .iter()
-        .map(|r| (r.line, r.text.as_str()))
-        .chain(not_taken.iter().map(|b| (b.line, b.text.as_str())))
-        .collect();
-    texts.sort_unstable_by_key(|t| t.0);
-    let mut body = header.join(",");
-    for (_, t) in texts {
-        body.push('\n');
-        body.push_str(t);
-    }
-    let mut env = Envelope::new(endpoint, ContentType::Csv, Bytes::from(body))
-        .with_header("import.file", report.file.clone())
-        .with_header("import.sha256", report.sha256.clone());
-    env.principal = Some(Principal {
-        system: SYSTEM.into(),
-        dealer_code: None,
-    });
+/// Largest `batch`: rows per write transaction.
+const MAX_BATCH: usize = 5000;
+
+/// Key kind under which each batch's transport unit is found by the file's sha256.
+const FILE_KEY: &str = "import_file";
+
+/// The CRM endpoint an import's rows are applied for. The rows go straight to the CRM store,
+/// so the import's route must do nothing a direct apply would skip: validation only, one CRM
+/// store target, no mapping, no condition.
+fn crm_target(a: &Assembled, endpoint: &str, entity: ImportEntity) -> anyhow::Result<String> {
     let record_type = entity.schema().name();
-    let records = rows
-        .iter()
-        .map(|r| RecordIn {
-            index: r.line as usize,
-            record_type: record_type.into(),
-            source_ref: Some(r.source_ref.clone()),
-            body: Ok(Value::Object(r.rec.clone())),
-        })
-        .chain(not_taken.into_iter().map(|b| RecordIn {
-            index: b.line as usize,
-            record_type: record_type.into(),
-            source_ref: Some(b.source_ref),
-            body: b.body,
-        }))
-        .collect();
-    let receipt = inbox
-        .accept(Submission {
-            envelope: env,
-            records,
-        })
-        .await
-        .map_err(|e| anyhow!("the journal refused a batch of rows: {e}"))?;
-    for (r, v) in rows.iter().zip(receipt.records) {
-        // Checked above with the same validation, so this only happens if live rules and the
-        // import disagree; the row is then reported, not lost.
-        if let RecordVerdict::Rejected { errors, .. } = v {
-            report.imported = report.imported.saturating_sub(1);
-            reject(report, r.line, &r.text, errors);
+    let routes = a.pipeline.routes().candidates(endpoint, record_type);
+    let [route] = routes.as_slice() else {
+        return Err(anyhow!(
+            "{} routes take {record_type} records from {endpoint} ({}); the import needs exactly one, to the CRM store",
+            routes.len(),
+            routes.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    };
+    match route.to.as_slice() {
+        [to] if a.dispatcher.is_crm_target(to) && route.mapping.is_none() && route.when.is_none() => {
+            Ok(to.clone())
         }
+        _ => Err(anyhow!(
+            "route {} must send {record_type} records to one CRM store endpoint without a mapping or `when`: \
+             `synchub import` applies rows straight to the CRM store",
+            route.id
+        )),
     }
-    Ok(())
 }
 
-/// Which of these `source_ref`s name a journaled message (rejected rows of an earlier run).
-async fn keyed_refs(store: &Store, refs: &[String]) -> anyhow::Result<HashSet<String>> {
-    strings_in(
-        store,
-        "SELECT value FROM message_keys WHERE kind = 'source_ref' AND value IN",
-        &[],
-        refs,
+/// The transport units of a file's batches: the last line they cover (0 if none) and how many
+/// rows they applied to the CRM store.
+async fn file_units(store: &Store, sha256: &str) -> anyhow::Result<(u64, u64)> {
+    let rows = sqlx::query(
+        "SELECT m.headers FROM message_keys k JOIN messages m ON m.id = k.message_id \
+         WHERE k.value = $1 AND k.kind = $2",
     )
-    .await
+    .bind(sha256)
+    .bind(FILE_KEY)
+    .fetch_all(store.pool())
+    .await?;
+    let (mut last, mut applied) = (0u64, 0u64);
+    for row in rows {
+        let h: Value = serde_json::from_str(&row.try_get::<String, _>(0)?).unwrap_or_default();
+        let num = |k: &str| {
+            h.get(k)
+                .and_then(Value::as_str)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        last = last.max(num("import.last_line"));
+        applied += num("import.applied");
+    }
+    Ok((last, applied))
 }
 
-/// Which of these `source_ref`s the import has journaled before (an interrupted run). The
-/// scope is the pipeline's idempotency scope of import records (`import/<record type>`), so the
-/// lookup is a primary-key probe per row.
-async fn journaled_refs(
-    store: &Store,
-    entity: ImportEntity,
-    refs: &[String],
-) -> anyhow::Result<HashSet<String>> {
-    let scope = format!("{SYSTEM}/{}", entity.schema().name());
-    strings_in(
-        store,
-        "SELECT idem_key FROM idempotency WHERE scope = $1 AND idem_key IN",
-        &[&scope],
-        refs,
-    )
-    .await
+/// Writes a batch of rows in one transaction: its transport unit (the rows' raw text, found by
+/// the file's hash, with the last line it covers: the resume point), the rows not taken as
+/// rejected records (reason, keys), and the taken rows applied straight to the CRM store
+/// through the CRM's own matching and history, as the dispatcher would apply them. A row the
+/// CRM store cannot apply yet (a vehicle whose dealer is unknown) is journaled as a record
+/// with a delivery instead, so the dispatcher retries it like live traffic.
+struct BatchWriter {
+    pipeline: Arc<Pipeline>,
+    endpoint: String,
+    target: String,
+    record_type: &'static str,
+    file: String,
+    sha256: String,
+    header: String,
+    notify: bool,
+}
+
+/// A row to apply, as the writer needs it.
+struct Direct {
+    line: u64,
+    text: String,
+    merged: bool,
+    source_ref: String,
+    rec: Map<String, Value>,
+}
+
+/// What a batch's transaction did.
+#[derive(Default)]
+struct BatchDone {
+    /// Rows the CRM store refused: (line, text, merged, reason).
+    refused: Vec<(u64, String, bool, String)>,
+}
+
+/// A batch at the writer.
+struct Written {
+    done: std::pin::Pin<Box<dyn Future<Output = Result<BatchDone, StoreError>> + Send>>,
+    first_line: u64,
+}
+
+impl Written {
+    /// Waits for the batch's commit and reports the rows the CRM store refused.
+    async fn finish(self, report: &mut Report) -> anyhow::Result<()> {
+        let done = self.done.await.map_err(|e| {
+            anyhow!(
+                "the store refused the batch from line {}: {e}; rows before it are applied, \
+                 and running the same import again resumes there",
+                self.first_line
+            )
+        })?;
+        for (line, text, merged, reason) in done.refused {
+            if merged {
+                report.merged = report.merged.saturating_sub(1);
+            } else {
+                report.imported = report.imported.saturating_sub(1);
+            }
+            reject(
+                report,
+                line,
+                &text,
+                vec![FieldError::new("", format!("the CRM store refused it: {reason}"))],
+            );
+        }
+        Ok(())
+    }
+}
+
+impl BatchWriter {
+    async fn enqueue(
+        &self,
+        store: &Store,
+        take: Vec<Pending>,
+        not_taken: Vec<Bad>,
+    ) -> anyhow::Result<Written> {
+        let mut texts: Vec<(u64, &str)> = take
+            .iter()
+            .map(|r| (r.line, r.text.as_str()))
+            .chain(not_taken.iter().map(|b| (b.line, b.text.as_str())))
+            .collect();
+        texts.sort_unstable_by_key(|t| t.0);
+        let first_line = texts.first().map(|t| t.0).unwrap_or(0);
+        let last_line = texts.last().map(|t| t.0).unwrap_or(0);
+        let mut body = self.header.clone();
+        for (_, t) in texts {
+            body.push('\n');
+            body.push_str(t);
+        }
+        let mut env = Envelope::new(&self.endpoint, ContentType::Csv, Bytes::from(body))
+            .with_header("import.file", self.file.clone())
+            .with_header("import.sha256", self.sha256.clone())
+            .with_header("import.first_line", first_line.to_string())
+            .with_header("import.last_line", last_line.to_string());
+        env.principal = Some(Principal {
+            system: SYSTEM.into(),
+            dealer_code: None,
+        });
+        // Validation and routing of the rows not taken is CPU work: done here, off the writer.
+        let refused: Vec<PreparedRecord> = not_taken
+            .iter()
+            .map(|b| {
+                self.pipeline.prepare_record(
+                    &env,
+                    b.line as usize,
+                    self.record_type,
+                    Some(&b.source_ref),
+                    &b.body,
+                    "record",
+                    None,
+                )
+            })
+            .collect();
+        let rows: Vec<Direct> = take
+            .into_iter()
+            .map(|r| Direct {
+                line: r.line,
+                text: r.text,
+                merged: r.merged,
+                source_ref: r.source_ref,
+                rec: r.canonical,
+            })
+            .collect();
+        let pipeline = self.pipeline.clone();
+        let target = self.target.clone();
+        let record_type = self.record_type;
+        let notify = self.notify;
+        let done = store
+            .enqueue_exec(move |conn| {
+                Box::pin(async move {
+                    let rules: Vec<Option<IdRule>> = rows
+                        .iter()
+                        .map(|r| id_rule(record_type, &r.rec))
+                        .collect();
+                    let rules: Vec<Option<&IdRule>> = rules.iter().map(Option::as_ref).collect();
+                    let ids = journal::assign_ids(conn, &rules).await?;
+                    let received_at = env.received_at.timestamp_millis();
+                    let items = rows
+                        .iter()
+                        .zip(&ids)
+                        .map(|(r, id)| {
+                            Ok(crm::Item {
+                                message_id: env.id,
+                                target: target.clone(),
+                                record_type: record_type.to_owned(),
+                                rec: r.rec.clone(),
+                                entity_id: id.clone(),
+                                partner: Some(SYSTEM.to_owned()),
+                                received_at: Some(received_at),
+                                // The migration is headquarters' own.
+                                key_field_approval: false,
+                            })
+                        })
+                        .collect();
+                    let results = crm::apply_items(conn, items, None).await?;
+                    let mut out = BatchDone::default();
+                    let mut later = refused;
+                    let mut applied = 0u64;
+                    for ((r, id), result) in rows.into_iter().zip(ids).zip(results) {
+                        match result {
+                            Ok(a) => {
+                                applied += 1;
+                                if notify {
+                                    later.extend(a.events.iter().map(|ev| {
+                                        pipeline.prepare_event(env.id, None, &target, ev)
+                                    }));
+                                }
+                            }
+                            Err(crm::CrmFailure::Retry(_)) => {
+                                let mut p = pipeline.prepare_record(
+                                    &env,
+                                    r.line as usize,
+                                    record_type,
+                                    Some(&r.source_ref),
+                                    &Ok(Value::Object(r.rec)),
+                                    "record",
+                                    None,
+                                );
+                                p.message.entity_id = id;
+                                later.push(p);
+                            }
+                            Err(crm::CrmFailure::Reject(reason)) => {
+                                later.push(pipeline.prepare_record(
+                                    &env,
+                                    r.line as usize,
+                                    record_type,
+                                    Some(&r.source_ref),
+                                    &Err(vec![FieldError::new("", reason.clone())]),
+                                    "record",
+                                    None,
+                                ));
+                                out.refused.push((r.line, r.text, r.merged, reason));
+                            }
+                            Err(crm::CrmFailure::Store(e)) => return Err(e),
+                        }
+                    }
+                    journal::insert_prepared_many(conn, &later).await?;
+                    let mut env = env;
+                    env.headers.insert("import.applied".into(), applied.to_string());
+                    let unit = Pipeline::transport_message(&env, "accepted", None);
+                    journal::insert_message(conn, &unit).await?;
+                    let sha = env.headers.get("import.sha256").cloned().unwrap_or_default();
+                    journal::insert_keys_of(conn, &[(unit.id, &[(FILE_KEY, sha)][..])]).await?;
+                    Ok(out)
+                })
+            })
+            .await?;
+        Ok(Written {
+            done: Box::pin(done),
+            first_line,
+        })
+    }
 }
 
 /// Stored customers by mobile or ID number: their name and mobile, for merge and ambiguity.
@@ -1291,7 +1489,7 @@ pub fn markdown(r: &Report) -> String {
     if r.resumed > 0 {
         let _ = writeln!(
             md,
-            "\n{} of the imported and merged rows were journaled by an earlier, interrupted run of this file and had no second effect.",
+            "\n{} of the imported and merged rows were applied by an earlier, interrupted run of this file and had no second effect.",
             r.resumed
         );
     }

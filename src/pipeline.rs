@@ -346,7 +346,12 @@ impl Pipeline {
         };
         let id_rule = routed
             .to_crm
-            .then(|| id_rule(record_type, &routed.canonical))
+            .then(|| {
+                routed
+                    .canonical
+                    .as_object()
+                    .and_then(|m| id_rule(record_type, m))
+            })
             .flatten();
         PreparedRecord {
             message,
@@ -531,7 +536,7 @@ impl Pipeline {
 }
 
 /// How the CRM names a record of this type (see `IdRule`).
-fn id_rule(record_type: &str, rec: &Value) -> Option<IdRule> {
+pub(crate) fn id_rule(record_type: &str, rec: &Map<String, Value>) -> Option<IdRule> {
     let s = |k: &str| rec.get(k).and_then(Value::as_str).map(str::to_string);
     Some(match record_type {
         "dms_customer" | "customer" => IdRule::Customer {

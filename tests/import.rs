@@ -245,17 +245,35 @@ async fn a_dirty_gb18030_customer_file_is_reported_row_for_row_and_imported_once
         0,
         "the migration is headquarters' own: no approvals"
     );
-    // Every row is journaled and findable: the merged ones by their mobile.
-    assert_eq!(
-        scalar(
-            &store,
-            "SELECT COUNT(DISTINCT k.message_id) FROM message_keys k JOIN messages m ON m.id = k.message_id \
-             WHERE k.value = '13912345678' AND m.endpoint = 'legacy_import'"
-        )
-        .await,
-        3,
-        "the imported row and the two merged onto it"
-    );
+    // The customer's history names the import batch it came from, and that batch's journaled
+    // transport unit holds the raw rows: the imported one and the two merged onto it.
+    let wang_id: String = sqlx::query(
+        "SELECT id FROM crm_records WHERE entity = 'customer' AND mobile = '13912345678'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+    .try_get(0)
+    .unwrap();
+    let unit_body: Vec<u8> = sqlx::query(
+        "SELECT m.body FROM change_history h JOIN messages m ON m.id = h.message_id \
+         WHERE h.entity = 'customer' AND h.entity_id = $1 AND h.field = '(created)' \
+         AND m.endpoint = 'legacy_import' AND m.kind = 'transport'",
+    )
+    .bind(&wang_id)
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+    .try_get(0)
+    .unwrap();
+    let unit_body = String::from_utf8(unit_body).unwrap();
+    for line in [
+        "D0001,王小明,+86 139 1234 5678,440104199007152511",
+        "D0001,王小明,13912345678,,M,,广东,广州,天河区体育西路101号",
+        "D0001,王小明,13912345678,440104199007152511,M,1990-07-15",
+    ] {
+        assert!(unit_body.contains(line), "{line} not in {unit_body}");
+    }
     let rejected_journaled = "SELECT COUNT(*) FROM messages WHERE endpoint = 'legacy_import' AND kind = 'record' AND status = 'rejected'";
     assert_eq!(
         scalar(&store, rejected_journaled).await,
@@ -290,7 +308,7 @@ async fn a_dirty_gb18030_customer_file_is_reported_row_for_row_and_imported_once
     let md2 = site.report("run2", "report.md");
     assert!(md2.contains("| imported (new) | 3 |"), "{md2}");
     assert!(
-        md2.contains("5 of the imported and merged rows were journaled by an earlier"),
+        md2.contains("5 of the imported and merged rows were applied by an earlier"),
         "{md2}"
     );
     assert!(md2.contains("| after | 3 |"), "{md2}");
@@ -368,8 +386,9 @@ fn big_file(dir: &Path, rows: usize) -> String {
 #[tokio::test]
 async fn an_import_killed_mid_file_resumes_without_duplicates() {
     let site = Site::new();
-    let rows = 20_000;
+    let rows = 50_000;
     let file = big_file(site.dir.path(), rows);
+    let customers = "SELECT COUNT(*) FROM crm_records WHERE entity = 'customer'";
     // Migrated first: the test reads the store while the import runs.
     let migrated = site.command(&["migrate"]).output().unwrap();
     assert!(migrated.status.success(), "{}", text(&migrated));
@@ -382,6 +401,8 @@ async fn an_import_killed_mid_file_resumes_without_duplicates() {
             "--report-dir",
             &site.report_dir("killed"),
         ])
+        // Small batches, so the kill lands between commits many batches in.
+        .env("SYNCHUB__ENDPOINTS__LEGACY_IMPORT__BATCH", "500")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -389,11 +410,7 @@ async fn an_import_killed_mid_file_resumes_without_duplicates() {
     let store = site.store().await;
     let t0 = Instant::now();
     loop {
-        let n = scalar(
-            &store,
-            "SELECT COUNT(*) FROM messages WHERE endpoint = 'legacy_import' AND kind = 'record'",
-        )
-        .await;
+        let n = scalar(&store, customers).await;
         if n >= 2_000 {
             break;
         }
@@ -409,12 +426,8 @@ async fn an_import_killed_mid_file_resumes_without_duplicates() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let journaled = scalar(
-        &store,
-        "SELECT COUNT(*) FROM messages WHERE endpoint = 'legacy_import' AND kind = 'record'",
-    )
-    .await;
-    assert!(journaled < rows as i64, "killed mid-file: {journaled}");
+    let applied = scalar(&store, customers).await;
+    assert!(applied < rows as i64, "killed mid-file: {applied}");
 
     let out = site.import(&[
         "--entity",
@@ -428,7 +441,7 @@ async fn an_import_killed_mid_file_resumes_without_duplicates() {
     assert!(md.contains(&format!("| imported (new) | {rows} |")), "{md}");
     assert!(
         md.contains(&format!(
-            "{journaled} of the imported and merged rows were journaled"
+            "{applied} of the imported and merged rows were applied by an earlier"
         )),
         "{md}"
     );
@@ -442,9 +455,10 @@ async fn an_import_killed_mid_file_resumes_without_duplicates() {
         "every customer exactly once"
     );
     assert_eq!(
-        scalar(&store, "SELECT COUNT(*) FROM messages WHERE endpoint = 'legacy_import' AND kind = 'record' AND status = 'accepted'").await,
+        scalar(&store, "SELECT COUNT(*) FROM change_history WHERE entity = 'customer' AND field = '(created)'").await,
         rows as i64,
-        "every row journaled once"
+        "every customer created once: no row applied twice"
     );
+    assert!(md.contains(&format!("| applied: delivered | {rows} |")), "{md}");
     store.close().await;
 }

@@ -154,13 +154,25 @@ pub(crate) fn str_field(m: &Map<String, Value>, k: &str) -> Option<String> {
     m.get(k).and_then(Value::as_str).map(str::to_string)
 }
 
-/// A delivery parsed for the CRM store.
-struct Parsed {
-    record_type: String,
-    rec: Map<String, Value>,
+/// One record to apply: from a claimed delivery, or straight from `synchub import`.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The message the change is recorded under (history, change events' parent).
+    pub message_id: Uuid,
+    /// The CRM endpoint it is applied for (vehicles held for a dealer wake on it).
+    pub target: String,
+    pub record_type: String,
+    pub rec: Map<String, Value>,
+    /// The hub id given at accept (customer id, VIN, dealer code, ...).
+    pub entity_id: Option<String>,
+    /// Who sent it (`dms:D0001`, `import`, ...): history and echo suppression.
+    pub partner: Option<String>,
+    pub received_at: Option<i64>,
+    /// Key-field changes from a DMS go to headquarters' approval queue.
+    pub key_field_approval: bool,
 }
 
-fn parse(d: &Claimed) -> Result<Parsed, CrmFailure> {
+fn parse(d: &Claimed, facts: Option<&MessageFacts>, approval: bool) -> Result<Item, CrmFailure> {
     let headers: Value = serde_json::from_str(&d.headers).unwrap_or(Value::Null);
     let record_type = headers
         .get("record_type")
@@ -172,33 +184,51 @@ fn parse(d: &Claimed) -> Result<Parsed, CrmFailure> {
     let Value::Object(rec) = body else {
         return Err(CrmFailure::Reject("body is not a JSON object".into()));
     };
-    Ok(Parsed { record_type, rec })
+    let facts = facts.cloned().unwrap_or_default();
+    Ok(Item {
+        message_id: d.message_id,
+        target: d.target.clone(),
+        record_type,
+        rec,
+        entity_id: facts.entity_id,
+        partner: facts.partner,
+        received_at: facts.received_at,
+        key_field_approval: approval,
+    })
 }
 
-/// Applies a batch of deliveries to the CRM store in the caller's transaction: everything the
-/// batch needs is read in a few bulk queries, changes accumulate in a [`Unit`], and are written
-/// in a few multi-row statements. Per delivery: `Ok(Applied)`, or a `Reject`/`Retry` failure;
-/// a store error fails the whole batch (the caller then applies its deliveries one by one).
-/// `key_field_approval` gives the setting of each delivery's target endpoint; `lead_rules`, when
-/// configured, score and distribute each new lead.
+/// Applies a batch of deliveries to the CRM store in the caller's transaction (see
+/// [`apply_items`]). `key_field_approval` gives the setting of each delivery's target endpoint;
+/// `lead_rules`, when configured, score and distribute each new lead.
 pub async fn apply_batch(
     conn: &mut dyn Exec,
     batch: &[Claimed],
     key_field_approval: &(dyn Fn(&str) -> bool + Send + Sync),
     lead_rules: Option<&crate::rules::LeadRules>,
 ) -> Result<Vec<Result<Applied, CrmFailure>>, StoreError> {
-    let mut lead_ctx = lead_rules.map(leads::LeadCtx::new);
-    let parsed: Vec<Result<Parsed, CrmFailure>> = batch.iter().map(parse).collect();
     let messages = message_facts(conn, batch).await?;
+    let items = batch
+        .iter()
+        .map(|d| parse(d, messages.get(&d.message_id), key_field_approval(&d.target)))
+        .collect();
+    apply_items(conn, items, lead_rules).await
+}
+
+/// Applies records to the CRM store in the caller's transaction: everything the batch needs is
+/// read in a few bulk queries, changes accumulate in a [`Unit`], and are written in a few
+/// multi-row statements. Per record: `Ok(Applied)`, or a `Reject`/`Retry` failure; a store error
+/// fails the whole batch.
+pub async fn apply_items(
+    conn: &mut dyn Exec,
+    items: Vec<Result<Item, CrmFailure>>,
+    lead_rules: Option<&crate::rules::LeadRules>,
+) -> Result<Vec<Result<Applied, CrmFailure>>, StoreError> {
+    let mut lead_ctx = lead_rules.map(leads::LeadCtx::new);
     let mut unit = Unit::default();
     let mut keys = Vec::new();
     let (mut mobiles, mut id_nos) = (Vec::new(), Vec::new());
-    for (d, p) in batch.iter().zip(&parsed) {
-        let Ok(p) = p else { continue };
-        let id = messages
-            .get(&d.message_id)
-            .and_then(|m| m.entity_id.clone())
-            .unwrap_or_default();
+    for p in items.iter().flatten() {
+        let id = p.entity_id.clone().unwrap_or_default();
         let entity = entity_of(&p.record_type);
         keys.push((entity.to_string(), id));
         match p.record_type.as_str() {
@@ -232,26 +262,13 @@ pub async fn apply_batch(
     }
     unit.prefetch(conn, &keys).await?;
     unit.prefetch_customers(conn, &mobiles, &id_nos).await?;
-    let mut out = Vec::with_capacity(batch.len());
-    for (d, p) in batch.iter().zip(parsed) {
+    let mut out = Vec::with_capacity(items.len());
+    for p in items {
         let result = match p {
-            Ok(p) => {
-                let facts = messages.get(&d.message_id).cloned().unwrap_or_default();
-                match apply_one(
-                    conn,
-                    &mut unit,
-                    d,
-                    p,
-                    facts,
-                    key_field_approval(&d.target),
-                    lead_ctx.as_mut(),
-                )
-                .await
-                {
-                    Err(CrmFailure::Store(e)) => return Err(e),
-                    other => other,
-                }
-            }
+            Ok(p) => match apply_one(conn, &mut unit, p, lead_ctx.as_mut()).await {
+                Err(CrmFailure::Store(e)) => return Err(e),
+                other => other,
+            },
             Err(e) => Err(e),
         };
         out.push(result);
@@ -310,26 +327,24 @@ async fn message_facts(
 async fn apply_one(
     conn: &mut dyn Exec,
     unit: &mut Unit,
-    d: &Claimed,
-    p: Parsed,
-    facts: MessageFacts,
-    key_field_approval: bool,
+    item: Item,
     lead_ctx: Option<&mut leads::LeadCtx<'_>>,
 ) -> Result<Applied, CrmFailure> {
-    let MessageFacts {
+    let Item {
+        message_id,
+        target,
+        record_type,
+        mut rec,
         entity_id,
         partner,
         received_at,
-    } = facts;
-    let Parsed {
-        record_type,
-        mut rec,
-    } = p;
+        key_field_approval,
+    } = item;
     let system = partner.unwrap_or_else(|| "hub".into());
     let from_dms = system.starts_with("dms");
     let src = ChangeSource {
         system: system.clone(),
-        message_id: Some(d.message_id),
+        message_id: Some(message_id),
         needs_approval: from_dms && key_field_approval,
     };
     let need_id = || {
@@ -552,7 +567,7 @@ async fn apply_one(
                 .upsert(conn, &record_type, &id, &rec, &cols, &src)
                 .await?;
             if up.created {
-                campaigns::wake_held_for_dealer(conn, &d.target, &id).await?;
+                campaigns::wake_held_for_dealer(conn, &target, &id).await?;
             }
             Ok(Applied {
                 summary: format!("{record_type} {id} v{}", up.version),

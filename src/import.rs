@@ -794,8 +794,10 @@ pub async fn run(
             if !opts.dry_run {
                 // What an earlier run applied is not written again.
                 let take: Vec<Pending> = take.into_iter().filter(|r| r.line > committed).collect();
-                let not_taken: Vec<Bad> =
-                    not_taken.into_iter().filter(|b| b.line > committed).collect();
+                let not_taken: Vec<Bad> = not_taken
+                    .into_iter()
+                    .filter(|b| b.line > committed)
+                    .collect();
                 if !(take.is_empty() && not_taken.is_empty()) {
                     let next = writer.enqueue(&store, take, not_taken).await?;
                     if let Some(prev) = in_flight.replace(next) {
@@ -1018,11 +1020,18 @@ fn crm_target(a: &Assembled, endpoint: &str, entity: ImportEntity) -> anyhow::Re
         return Err(anyhow!(
             "{} routes take {record_type} records from {endpoint} ({}); the import needs exactly one, to the CRM store",
             routes.len(),
-            routes.iter().map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+            routes
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     };
     match route.to.as_slice() {
-        [to] if a.dispatcher.is_crm_target(to) && route.mapping.is_none() && route.when.is_none() => {
+        [to] if a.dispatcher.is_crm_target(to)
+            && route.mapping.is_none()
+            && route.when.is_none() =>
+        {
             Ok(to.clone())
         }
         _ => Err(anyhow!(
@@ -1118,7 +1127,10 @@ impl Written {
                 report,
                 line,
                 &text,
-                vec![FieldError::new("", format!("the CRM store refused it: {reason}"))],
+                vec![FieldError::new(
+                    "",
+                    format!("the CRM store refused it: {reason}"),
+                )],
             );
         }
         Ok(())
@@ -1186,10 +1198,8 @@ impl BatchWriter {
         let done = store
             .enqueue_exec(move |conn| {
                 Box::pin(async move {
-                    let rules: Vec<Option<IdRule>> = rows
-                        .iter()
-                        .map(|r| id_rule(record_type, &r.rec))
-                        .collect();
+                    let rules: Vec<Option<IdRule>> =
+                        rows.iter().map(|r| id_rule(record_type, &r.rec)).collect();
                     let rules: Vec<Option<&IdRule>> = rules.iter().map(Option::as_ref).collect();
                     let ids = journal::assign_ids(conn, &rules).await?;
                     let received_at = env.received_at.timestamp_millis();
@@ -1254,10 +1264,15 @@ impl BatchWriter {
                     }
                     journal::insert_prepared_many(conn, &later).await?;
                     let mut env = env;
-                    env.headers.insert("import.applied".into(), applied.to_string());
+                    env.headers
+                        .insert("import.applied".into(), applied.to_string());
                     let unit = Pipeline::transport_message(&env, "accepted", None);
                     journal::insert_message(conn, &unit).await?;
-                    let sha = env.headers.get("import.sha256").cloned().unwrap_or_default();
+                    let sha = env
+                        .headers
+                        .get("import.sha256")
+                        .cloned()
+                        .unwrap_or_default();
                     journal::insert_keys_of(conn, &[(unit.id, &[(FILE_KEY, sha)][..])]).await?;
                     Ok(out)
                 })
@@ -1345,10 +1360,11 @@ async fn strings_in(
 }
 
 /// Joins a delivery to the transport unit (batch) of its row, which names the file's hash:
-/// the rows of this file, whichever run journaled them.
+/// the rows of this file that went the journal's way, whichever run journaled them (not the
+/// change events the batch caused, which go to the dealers).
 const OF_FILE: &str = "FROM deliveries d JOIN messages m ON m.id = d.message_id \
      JOIN messages t ON t.id = m.parent_id \
-     WHERE t.endpoint = $1 AND t.kind = 'transport' AND t.headers LIKE $2";
+     WHERE t.endpoint = $1 AND t.kind = 'transport' AND t.headers LIKE $2 AND m.kind = 'record'";
 
 fn file_pattern(sha256: &str) -> String {
     format!("%{sha256}%")

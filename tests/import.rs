@@ -455,10 +455,151 @@ async fn an_import_killed_mid_file_resumes_without_duplicates() {
         "every customer exactly once"
     );
     assert_eq!(
-        scalar(&store, "SELECT COUNT(*) FROM change_history WHERE entity = 'customer' AND field = '(created)'").await,
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM change_history WHERE entity = 'customer' AND field = '(created)'"
+        )
+        .await,
         rows as i64,
         "every customer created once: no row applied twice"
     );
-    assert!(md.contains(&format!("| applied: delivered | {rows} |")), "{md}");
+    assert!(
+        md.contains(&format!("| applied: delivered | {rows} |")),
+        "{md}"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_vehicle_of_an_unknown_dealer_waits_in_the_journal_and_fails_the_go_live_check() {
+    let site = Site::new();
+    let file = site.dir.path().join("vehicles_new_dealer.csv");
+    std::fs::write(
+        &file,
+        "vin,brand,model,dealer_code,owner_name,owner_mobile\n\
+         LHGCV3CK9VA118682,Honda,雅阁 Accord,D0001,客户0,13900000000\n\
+         LHGLVCWJ2RA215148,Honda,雅阁 Accord,D0099,客户1,13900000001\n",
+    )
+    .unwrap();
+    let out = site.import(&[
+        "--entity",
+        "vehicles",
+        &file.display().to_string(),
+        "--report-dir",
+        &site.report_dir("veh"),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let md = site.report("veh", "report.md");
+    for needle in [
+        "| imported (new) | 2 |",
+        "| applied: delivered | 1 |",
+        "| applied: waiting | 1 |",
+        "**go-live check: FAIL**",
+    ] {
+        assert!(md.contains(needle), "report lacks {needle}:\n{md}");
+    }
+    let store = site.store().await;
+    // Held as live traffic would be: a journaled record whose delivery retries until D0099
+    // arrives, with the reason on its last attempt.
+    let row = sqlx::query(
+        "SELECT d.status, a.reason FROM messages m JOIN deliveries d ON d.message_id = m.id \
+         JOIN attempts a ON a.delivery_id = d.id \
+         WHERE m.endpoint = 'legacy_import' AND m.kind = 'record' AND m.entity_id = 'LHGLVCWJ2RA215148'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(row.try_get::<String, _>(0).unwrap(), "pending");
+    let reason: String = row.try_get(1).unwrap();
+    assert!(reason.contains("dealer D0099 unknown"), "{reason}");
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM crm_records WHERE entity = 'vehicle'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM messages WHERE kind = 'event'").await,
+        0,
+        "the migration tells no DMS unless notify_dealers is set"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn with_notify_dealers_each_new_customer_is_journaled_for_its_dealers_dms() {
+    let site = Site::new();
+    let file = big_file(site.dir.path(), 30);
+    let out = site
+        .command(&[
+            "import",
+            "--entity",
+            "customers",
+            &file,
+            "--report-dir",
+            &site.report_dir("notify"),
+        ])
+        .env("SYNCHUB__ENDPOINTS__LEGACY_IMPORT__NOTIFY_DEALERS", "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let store = site.store().await;
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM messages WHERE kind = 'event' AND record_type = 'customer_event' \
+             AND dealer_code IS NOT NULL"
+        )
+        .await,
+        30
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT COUNT(*) FROM deliveries WHERE target = 'dms_amqp_out' AND route = 'crm_customers_to_dms'"
+        )
+        .await,
+        30,
+        "one customer.created per customer for its serving dealer's DMS"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn an_import_route_that_maps_or_filters_is_refused_with_its_name() {
+    let site = Site::new();
+    let route = site.dir.path().join("routes/legacy_customers_to_crm.toml");
+    let toml = std::fs::read_to_string(&route).unwrap();
+    std::fs::write(
+        &route,
+        toml.replace(
+            "validate = \"dms_customer\"",
+            "validate = \"dms_customer\"\nwhen = '.dealer_code == \"D0001\"'",
+        ),
+    )
+    .unwrap();
+    let out = site.import(&[
+        "--entity",
+        "customers",
+        &fixture("customers_dirty.gb18030.csv"),
+        "--charset",
+        "gb18030",
+        "--report-dir",
+        &site.report_dir("refused"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("route legacy_customers_to_crm must send dms_customer records to one CRM store endpoint without a mapping or `when`"),
+        "{}",
+        text(&out)
+    );
+    let store = site.store().await;
+    assert_eq!(
+        scalar(&store, "SELECT COUNT(*) FROM messages").await,
+        0,
+        "nothing written"
+    );
     store.close().await;
 }

@@ -209,7 +209,13 @@ pub async fn apply_batch(
     let messages = message_facts(conn, batch).await?;
     let items = batch
         .iter()
-        .map(|d| parse(d, messages.get(&d.message_id), key_field_approval(&d.target)))
+        .map(|d| {
+            parse(
+                d,
+                messages.get(&d.message_id),
+                key_field_approval(&d.target),
+            )
+        })
         .collect();
     apply_items(conn, items, lead_rules).await
 }

@@ -546,6 +546,8 @@ struct Pending {
     /// Its verdict was `Merged` (else `Imported`): a row the CRM store refuses is then taken
     /// back from the right count.
     merged: bool,
+    /// Applied by an earlier run of the file (its line is at or before the resume point).
+    resumed: bool,
 }
 
 /// A row not taken (rejected or flagged), journaled as a rejected record so the dashboard shows
@@ -760,6 +762,7 @@ pub async fn run(
                     canonical,
                     source_ref,
                     merged: false,
+                    resumed: row.line <= committed,
                 }),
                 Err(errors) => {
                     let live = validate(opts.entity.schema(), &Value::Object(rec.clone())).is_err();
@@ -787,13 +790,12 @@ pub async fn run(
                 &mut report,
                 &mut bad,
                 rows,
-                committed,
             )
             .await?;
             let not_taken = std::mem::take(&mut bad);
             if !opts.dry_run {
                 // What an earlier run applied is not written again.
-                let take: Vec<Pending> = take.into_iter().filter(|r| r.line > committed).collect();
+                let take: Vec<Pending> = take.into_iter().filter(|r| !r.resumed).collect();
                 let not_taken: Vec<Bad> = not_taken
                     .into_iter()
                     .filter(|b| b.line > committed)
@@ -887,8 +889,8 @@ fn reject(report: &mut Report, line: u64, text: &str, errors: Vec<FieldError>) {
 }
 
 /// Decides the verdict of a batch of valid rows (store lookups in bulk) and returns the rows to
-/// apply (imported and merged). Rows up to line `committed` were applied by an earlier run of
-/// the file: they are judged without the store (which holds their own earlier import).
+/// apply (imported and merged). Rows applied by an earlier run of the file are judged without
+/// the store (which holds their own earlier import).
 async fn decide(
     store: &Store,
     entity: ImportEntity,
@@ -897,7 +899,6 @@ async fn decide(
     report: &mut Report,
     bad: &mut Vec<Bad>,
     rows: Vec<Pending>,
-    committed: u64,
 ) -> anyhow::Result<Vec<Pending>> {
     let mut take = Vec::new();
     match entity {
@@ -913,7 +914,7 @@ async fn decide(
             let by_mobile = stored_customers(store, "mobile", &mobiles).await?;
             let by_id_no = stored_customers(store, "id_no", &id_nos).await?;
             for r in rows {
-                let own = r.line <= committed;
+                let own = r.resumed;
                 let lookup = |col: &str, v: &str| -> Option<Seen> {
                     if own {
                         return None;
@@ -927,7 +928,7 @@ async fn decide(
                 };
                 let (verdict, rule) =
                     matcher.customer(&rules.customers, r.line, &r.canonical, &lookup);
-                tally(report, bad, r, verdict, rule, own, &mut take);
+                tally(report, bad, r, verdict, rule, &mut take);
             }
         }
         ImportEntity::Vehicles | ImportEntity::Dealers => {
@@ -942,10 +943,10 @@ async fn decide(
                 .collect();
             let stored = stored_ids(store, entity.crm_entity(), &keys).await?;
             for r in rows {
-                let own = r.line <= committed;
+                let own = r.resumed;
                 let key = s(&r.canonical, key_field).unwrap_or_default();
                 let (verdict, rule) = matcher.natural(r.line, &key, !own && stored.contains(&key));
-                tally(report, bad, r, verdict, rule, own, &mut take);
+                tally(report, bad, r, verdict, rule, &mut take);
             }
         }
     }
@@ -958,7 +959,6 @@ fn tally(
     r: Pending,
     verdict: Verdict,
     rule: &'static str,
-    resumed: bool,
     take: &mut Vec<Pending>,
 ) {
     if !rule.is_empty() {
@@ -998,7 +998,7 @@ fn tally(
             return;
         }
     }
-    if resumed {
+    if r.resumed {
         report.resumed += 1;
     }
     take.push(Pending { merged, ..r });
@@ -1198,25 +1198,35 @@ impl BatchWriter {
         let done = store
             .enqueue_exec(move |conn| {
                 Box::pin(async move {
+                    let mut rows = rows;
                     let rules: Vec<Option<IdRule>> =
                         rows.iter().map(|r| id_rule(record_type, &r.rec)).collect();
                     let rules: Vec<Option<&IdRule>> = rules.iter().map(Option::as_ref).collect();
-                    let ids = journal::assign_ids(conn, &rules).await?;
+                    let (ids, minted) = journal::assign_ids_noting_new(conn, &rules).await?;
                     let received_at = env.received_at.timestamp_millis();
                     let items = rows
-                        .iter()
+                        .iter_mut()
                         .zip(&ids)
-                        .map(|(r, id)| {
+                        .zip(minted)
+                        .map(|((r, id), new_id)| {
                             Ok(crm::Item {
                                 message_id: env.id,
                                 target: target.clone(),
                                 record_type: record_type.to_owned(),
-                                rec: r.rec.clone(),
+                                // Only a vehicle can wait (for its dealer) and need its record
+                                // again to be journaled instead: the others give theirs up.
+                                rec: if record_type == "vehicle" {
+                                    r.rec.clone()
+                                } else {
+                                    std::mem::take(&mut r.rec)
+                                },
                                 entity_id: id.clone(),
+                                new_id,
                                 partner: Some(SYSTEM.to_owned()),
                                 received_at: Some(received_at),
                                 // The migration is headquarters' own.
                                 key_field_approval: false,
+                                events: notify,
                             })
                         })
                         .collect();
@@ -1234,7 +1244,7 @@ impl BatchWriter {
                                     }));
                                 }
                             }
-                            Err(crm::CrmFailure::Retry(_)) => {
+                            Err(crm::CrmFailure::Retry(_)) if !r.rec.is_empty() => {
                                 let mut p = pipeline.prepare_record(
                                     &env,
                                     r.line as usize,
@@ -1247,7 +1257,9 @@ impl BatchWriter {
                                 p.message.entity_id = id;
                                 later.push(p);
                             }
-                            Err(crm::CrmFailure::Reject(reason)) => {
+                            Err(
+                                crm::CrmFailure::Reject(reason) | crm::CrmFailure::Retry(reason),
+                            ) => {
                                 later.push(pipeline.prepare_record(
                                     &env,
                                     r.line as usize,

@@ -170,6 +170,12 @@ pub struct Item {
     pub received_at: Option<i64>,
     /// Key-field changes from a DMS go to headquarters' approval queue.
     pub key_field_approval: bool,
+    /// Build the change events (the caller journals them); building a customer's event copies
+    /// the whole record, a cost for a caller that drops it.
+    pub events: bool,
+    /// `entity_id` was minted for this record in this transaction: nothing is stored under it
+    /// (nor, for a customer, under its mobile or ID number), so it is not looked up.
+    pub new_id: bool,
 }
 
 fn parse(d: &Claimed, facts: Option<&MessageFacts>, approval: bool) -> Result<Item, CrmFailure> {
@@ -194,6 +200,8 @@ fn parse(d: &Claimed, facts: Option<&MessageFacts>, approval: bool) -> Result<It
         partner: facts.partner,
         received_at: facts.received_at,
         key_field_approval: approval,
+        events: true,
+        new_id: false,
     })
 }
 
@@ -236,8 +244,17 @@ pub async fn apply_items(
     for p in items.iter().flatten() {
         let id = p.entity_id.clone().unwrap_or_default();
         let entity = entity_of(&p.record_type);
-        keys.push((entity.to_string(), id));
+        if p.new_id {
+            unit.know_absent(entity, &id);
+        } else {
+            keys.push((entity.to_string(), id));
+        }
         match p.record_type.as_str() {
+            // A customer id is minted only when no stored customer has the mobile or ID number.
+            "dms_customer" | "customer" if p.new_id => unit.know_no_customer(
+                p.rec.get("mobile").and_then(Value::as_str),
+                p.rec.get("id_no").and_then(Value::as_str),
+            ),
             "dms_customer" | "customer" => {
                 mobiles.extend(str_field(&p.rec, "mobile"));
                 id_nos.extend(str_field(&p.rec, "id_no"));
@@ -345,6 +362,8 @@ async fn apply_one(
         partner,
         received_at,
         key_field_approval,
+        events: want_events,
+        new_id: _,
     } = item;
     let system = partner.unwrap_or_else(|| "hub".into());
     let from_dms = system.starts_with("dms");
@@ -402,7 +421,7 @@ async fn apply_one(
                     up.version, up.changed
                 )
             };
-            let events = if up.changed.is_empty() {
+            let events = if up.changed.is_empty() || !want_events {
                 vec![]
             } else {
                 vec![customer_event(&id, &up, &src)]
@@ -531,7 +550,8 @@ async fn apply_one(
             }
             if let Some(owner) = rec.get("owner").and_then(Value::as_object).cloned() {
                 let (customer_id, created) =
-                    owner_customer(conn, unit, &owner, dealer.as_deref(), &src).await?;
+                    owner_customer(conn, unit, &owner, dealer.as_deref(), &src, want_events)
+                        .await?;
                 if let Some(ev) = created {
                     events.push(ev);
                 }
@@ -589,13 +609,14 @@ async fn apply_one(
 /// The CRM customer owning a vehicle: matched by mobile, else ID number; created from the
 /// owner's name and contacts when new (its serving dealer is the selling dealer). Returns the
 /// customer id (none for an owner with neither mobile nor ID number: nothing to match or reach
-/// them by) and, for a new customer, its `customer.created` event.
+/// them by) and, for a new customer, its `customer.created` event if `event`.
 async fn owner_customer(
     conn: &mut dyn Exec,
     unit: &mut Unit,
     owner: &Map<String, Value>,
     dealer: Option<&str>,
     src: &ChangeSource,
+    event: bool,
 ) -> Result<(Option<String>, Option<ChangeEvent>), CrmFailure> {
     let mobile = str_field(owner, "mobile");
     let id_no = str_field(owner, "id_no");
@@ -629,7 +650,8 @@ async fn owner_customer(
         .upsert(conn, "customer", &cid, &fields, &cols, src)
         .await?;
     unit.remember_customer(&cid, mobile.as_deref(), id_no.as_deref());
-    Ok((Some(cid.clone()), Some(customer_event(&cid, &up, src))))
+    let created = event.then(|| customer_event(&cid, &up, src));
+    Ok((Some(cid), created))
 }
 
 /// Headquarters decides a pending key-field change. Approving applies it (history, version,

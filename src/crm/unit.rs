@@ -3,7 +3,7 @@
 //! `flush`. A batch of deliveries then costs a constant number of statements instead of several
 //! per record, and a later delivery in the same batch sees what an earlier one did.
 
-use std::collections::{HashMap, HashSet};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use serde_json::{Map, Value};
 
@@ -35,6 +35,10 @@ struct Rec {
     /// When it was last changed in this unit (a counter): the change log gets the batch's
     /// records in the order they were applied.
     touched: u64,
+    /// Created in this unit and not changed since: the position of its creation's history row,
+    /// whose record text is filled in at flush with the text the record is inserted with
+    /// (serialised once for both).
+    created_row: Option<usize>,
 }
 
 /// The columns of a `change_history` row, in the order its rows are built.
@@ -49,7 +53,11 @@ pub(crate) const HISTORY_COLS: &[&str] = &[
     "changed_at",
 ];
 
-/// What the unit knows and what it will write.
+/// Position of `new_value` in [`HISTORY_COLS`].
+const HISTORY_NEW: usize = 4;
+
+/// What the unit knows and what it will write. Its maps use a fast hasher: they are keyed by
+/// ids and mobiles the store has already validated, several lookups per record on the writer.
 #[derive(Default)]
 pub struct Unit {
     recs: HashMap<Key, Rec>,
@@ -105,6 +113,7 @@ impl Unit {
                         new: false,
                         dirty: false,
                         touched: 0,
+                        created_row: None,
                     },
                 );
             }
@@ -113,6 +122,21 @@ impl Unit {
             }
         }
         Ok(())
+    }
+
+    /// Records that nothing is stored under `entity/id` (an id just minted), so it is not read.
+    pub fn know_absent(&mut self, entity: &str, id: &str) {
+        self.known.insert((entity.to_string(), id.to_string()));
+    }
+
+    /// Records that no stored customer has this mobile or ID number, so they are not read.
+    pub fn know_no_customer(&mut self, mobile: Option<&str>, id_no: Option<&str>) {
+        if let Some(m) = mobile {
+            self.mobiles_known.insert(m.to_string());
+        }
+        if let Some(n) = id_no {
+            self.id_nos_known.insert(n.to_string());
+        }
     }
 
     /// Loads the customers having any of these mobiles or ID numbers (oldest first wins).
@@ -214,12 +238,13 @@ impl Unit {
             }
             // A creation is one history row holding the whole record: the same facts as a row per
             // field, at a fraction of the writes (history is the CRM's hottest table).
+            let created_row = Some(self.history.len());
             self.history.push(history_row(
                 entity,
                 id,
                 CREATED,
                 None,
-                Some(Value::Object(data.clone()).to_string()),
+                None,
                 src,
                 msg_id.as_deref(),
                 now,
@@ -236,6 +261,7 @@ impl Unit {
                 new: true,
                 dirty: false,
                 touched: self.clock,
+                created_row,
             };
             self.clock += 1;
             if entity == "customer" {
@@ -264,6 +290,10 @@ impl Unit {
             version: rec.version,
             ..Default::default()
         };
+        // The creation's history row holds the record as created, not as changed below.
+        if let Some(row) = rec.created_row.take() {
+            self.history[row][HISTORY_NEW] = Value::Object(rec.data.clone()).to_string().into();
+        }
         let mut held = Vec::new();
         for (field, value) in incoming {
             let old = rec.data.get(field);
@@ -360,9 +390,13 @@ impl Unit {
             .filter(|(_, r)| r.new || r.dirty)
             .collect();
         recs.sort_unstable_by_key(|(_, r)| r.touched);
+        let mut history = self.history;
         for ((entity, id), r) in recs {
-            // Serialised once for the record and its change-log row.
+            // Serialised once for the record, its change-log row and its creation's history row.
             let data = Value::Object(r.data).to_string();
+            if let Some(row) = r.created_row {
+                history[row][HISTORY_NEW] = data.clone().into();
+            }
             changes.push(crate::extract::changes::Change {
                 entity: entity.clone(),
                 entity_id: id.clone(),
@@ -412,7 +446,7 @@ impl Unit {
             "",
         )
         .await?;
-        insert_rows(conn, "change_history", HISTORY_COLS, self.history, "").await?;
+        insert_rows(conn, "change_history", HISTORY_COLS, history, "").await?;
         // After the record writes, in the same transaction: the extract change log.
         crate::extract::changes::append(conn, changes).await?;
         Ok(())

@@ -185,6 +185,10 @@ impl Exec for AnyConnection {
 /// once and kept (the multi-row statements have a shape per row count; the cache holds them).
 pub struct LiteConn {
     conn: rusqlite::Connection,
+    /// Per statement text: the value each parameter binds. Kept because SQLite finds a
+    /// parameter's name by walking its list of names, so asking for every name of a statement
+    /// with hundreds of `$N` (the bulk IN lookups) costs their square on every run.
+    slots: rustc_hash::FxHashMap<String, Vec<usize>>,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -213,7 +217,10 @@ impl LiteConn {
         let conn = rusqlite::Connection::open(path)?;
         conn.execute_batch(pragmas)?;
         conn.set_prepared_statement_cache_capacity(512);
-        Ok(LiteConn { conn })
+        Ok(LiteConn {
+            conn,
+            slots: rustc_hash::FxHashMap::default(),
+        })
     }
 
     /// Statements without parameters or results (transaction control).
@@ -222,23 +229,35 @@ impl LiteConn {
     }
 
     fn prepare(
-        &self,
+        &mut self,
         sql: &str,
         args: &[Arg],
     ) -> Result<rusqlite::CachedStatement<'_>, StoreError> {
         let mut stmt = self.conn.prepare_cached(sql)?;
-        for i in 1..=stmt.parameter_count() {
+        if !self.slots.contains_key(sql) {
             // `$N` binds the N-th value wherever it appears (SQLite gives a repeated name one
             // index); anonymous `?` binds the values in order.
-            let slot = match stmt.parameter_name(i) {
-                Some(name) => name
-                    .strip_prefix('$')
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .ok_or_else(|| {
-                        StoreError::Query(format!("unsupported placeholder {name} in {sql}"))
-                    })?,
-                None => i,
-            };
+            let mut slots = Vec::with_capacity(stmt.parameter_count());
+            for i in 1..=stmt.parameter_count() {
+                slots.push(match stmt.parameter_name(i) {
+                    Some(name) => name
+                        .strip_prefix('$')
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .ok_or_else(|| {
+                            StoreError::Query(format!("unsupported placeholder {name} in {sql}"))
+                        })?,
+                    None => i,
+                });
+            }
+            // Bounded like the statement cache: statement shapes are few, but a caller
+            // building one per value count could otherwise grow this without end.
+            if self.slots.len() >= 4096 {
+                self.slots.clear();
+            }
+            self.slots.insert(sql.to_owned(), slots);
+        }
+        let slots = &self.slots[sql];
+        for (i, &slot) in (1..).zip(slots) {
             let arg = args
                 .get(slot - 1)
                 .ok_or_else(|| StoreError::Query(format!("no value for placeholder {slot}")))?;

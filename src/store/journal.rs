@@ -271,7 +271,17 @@ pub async fn assign_ids(
     conn: &mut dyn Exec,
     rules: &[Option<&IdRule>],
 ) -> Result<Vec<Option<String>>, StoreError> {
+    Ok(assign_ids_noting_new(conn, rules).await?.0)
+}
+
+/// [`assign_ids`], also saying which ids were minted here (customers not matched): no record
+/// is stored under those yet.
+pub async fn assign_ids_noting_new(
+    conn: &mut dyn Exec,
+    rules: &[Option<&IdRule>],
+) -> Result<(Vec<Option<String>>, Vec<bool>), StoreError> {
     let mut out: Vec<Option<String>> = vec![None; rules.len()];
+    let mut new_ids = vec![false; rules.len()];
     let mut mobiles = Vec::new();
     let mut id_nos = Vec::new();
     let (mut leads, mut counters): (i64, HashMap<&'static str, i64>) = (0, HashMap::new());
@@ -369,9 +379,10 @@ pub async fn assign_ids(
                 minted.entry(k).or_insert_with(|| id.clone());
             }
             out[i] = Some(id);
+            new_ids[i] = true;
         }
     }
-    Ok(out)
+    Ok((out, new_ids))
 }
 
 /// Journals a prepared event or replayed record (message, keys, deliveries) without the

@@ -239,6 +239,7 @@ pub async fn apply_items(
 ) -> Result<Vec<Result<Applied, CrmFailure>>, StoreError> {
     let mut lead_ctx = lead_rules.map(leads::LeadCtx::new);
     let mut unit = Unit::default();
+    unit.lean = items.iter().flatten().all(|i| !i.events);
     let mut keys = Vec::new();
     let (mut mobiles, mut id_nos) = (Vec::new(), Vec::new());
     for p in items.iter().flatten() {

@@ -69,6 +69,9 @@ pub struct Unit {
     id_nos_known: HashSet<String>,
     history: Vec<Vec<Arg>>,
     clock: u64,
+    /// The caller never reads [`Upserted::data`] (it builds no change events): the record is
+    /// not copied into it.
+    pub lean: bool,
 }
 
 const CHUNK: usize = 400;
@@ -257,7 +260,7 @@ impl Unit {
                 source_system: Some(src.system.clone()),
                 src_updated_at: cols.src_updated_at,
                 version: 1,
-                data: data.clone(),
+                data: if self.lean { Map::new() } else { data.clone() },
                 new: true,
                 dirty: false,
                 touched: self.clock,
@@ -267,11 +270,20 @@ impl Unit {
             if entity == "customer" {
                 self.index_customer(id, &rec);
             }
-            self.recs.insert(key, rec);
+            let changed = data.keys().cloned().collect();
+            let data = if self.lean {
+                let mut rec = rec;
+                rec.data = data;
+                self.recs.insert(key, rec);
+                Map::new()
+            } else {
+                self.recs.insert(key, rec);
+                data
+            };
             return Ok(Upserted {
                 created: true,
                 version: 1,
-                changed: data.keys().cloned().collect(),
+                changed,
                 data,
                 ..Default::default()
             });
@@ -336,7 +348,9 @@ impl Unit {
             rec.touched = self.clock;
             self.clock += 1;
         }
-        out.data = rec.data.clone();
+        if !self.lean {
+            out.data = rec.data.clone();
+        }
         let dealer = cols
             .dealer_code
             .clone()

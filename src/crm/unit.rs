@@ -186,9 +186,20 @@ impl Unit {
         mobile: Option<&str>,
         id_no: Option<&str>,
     ) -> Result<Option<String>, StoreError> {
-        let mobiles: Vec<String> = mobile.map(str::to_string).into_iter().collect();
-        let id_nos: Vec<String> = id_no.map(str::to_string).into_iter().collect();
-        self.prefetch_customers(conn, &mobiles, &id_nos).await?;
+        // Already known (prefetched for the batch, or minted here): no lookup to prepare.
+        let mobiles: Vec<String> = mobile
+            .filter(|m| !self.mobiles_known.contains(*m))
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        let id_nos: Vec<String> = id_no
+            .filter(|n| !self.id_nos_known.contains(*n))
+            .map(str::to_string)
+            .into_iter()
+            .collect();
+        if !(mobiles.is_empty() && id_nos.is_empty()) {
+            self.prefetch_customers(conn, &mobiles, &id_nos).await?;
+        }
         Ok(mobile
             .and_then(|m| self.by_mobile.get(m))
             .or_else(|| id_no.and_then(|n| self.by_id_no.get(n)))

@@ -95,6 +95,14 @@ pub trait Exec: Send {
     }
     /// Runs `sql` and returns the rows it changed.
     async fn exec(&mut self, sql: &str, args: Vec<Arg>) -> Result<u64, StoreError>;
+    /// Runs `sql` once per row of values; the rows changed in all.
+    async fn exec_each(&mut self, sql: &str, rows: Vec<Vec<Arg>>) -> Result<u64, StoreError> {
+        let mut changed = 0;
+        for args in rows {
+            changed += self.exec(sql, args).await?;
+        }
+        Ok(changed)
+    }
     /// Runs `sql` and returns its rows, each column read as `types` says.
     async fn rows(
         &mut self,
@@ -233,45 +241,64 @@ impl LiteConn {
         sql: &str,
         args: &[Arg],
     ) -> Result<rusqlite::CachedStatement<'_>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        if !self.slots.contains_key(sql) {
-            // `$N` binds the N-th value wherever it appears (SQLite gives a repeated name one
-            // index); anonymous `?` binds the values in order.
-            let mut slots = Vec::with_capacity(stmt.parameter_count());
-            for i in 1..=stmt.parameter_count() {
-                slots.push(match stmt.parameter_name(i) {
-                    Some(name) => name
-                        .strip_prefix('$')
-                        .and_then(|n| n.parse::<usize>().ok())
-                        .ok_or_else(|| {
-                            StoreError::Query(format!("unsupported placeholder {name} in {sql}"))
-                        })?,
-                    None => i,
-                });
-            }
-            // Bounded like the statement cache: statement shapes are few, but a caller
-            // building one per value count could otherwise grow this without end.
-            if self.slots.len() >= 4096 {
-                self.slots.clear();
-            }
-            self.slots.insert(sql.to_owned(), slots);
-        }
-        let slots = &self.slots[sql];
-        for (i, &slot) in (1..).zip(slots) {
-            let arg = args
-                .get(slot - 1)
-                .ok_or_else(|| StoreError::Query(format!("no value for placeholder {slot}")))?;
-            match arg {
-                Arg::Text(Some(s)) => stmt.raw_bind_parameter(i, s.as_str())?,
-                Arg::Int(Some(v)) => stmt.raw_bind_parameter(i, *v)?,
-                Arg::Blob(b) => stmt.raw_bind_parameter(i, b.as_slice())?,
-                Arg::Text(None) | Arg::Int(None) => {
-                    stmt.raw_bind_parameter(i, rusqlite::types::Null)?
-                }
-            }
-        }
+        let LiteConn { conn, slots } = self;
+        let mut stmt = conn.prepare_cached(sql)?;
+        let slots = slots_of(slots, &stmt, sql)?;
+        bind(&mut stmt, slots, args)?;
         Ok(stmt)
     }
+}
+
+/// The value each parameter of `stmt` binds, worked out once per statement text.
+fn slots_of<'s>(
+    slots: &'s mut rustc_hash::FxHashMap<String, Vec<usize>>,
+    stmt: &rusqlite::Statement<'_>,
+    sql: &str,
+) -> Result<&'s [usize], StoreError> {
+    if !slots.contains_key(sql) {
+        // `$N` binds the N-th value wherever it appears (SQLite gives a repeated name one
+        // index); anonymous `?` binds the values in order.
+        let mut these = Vec::with_capacity(stmt.parameter_count());
+        for i in 1..=stmt.parameter_count() {
+            these.push(match stmt.parameter_name(i) {
+                Some(name) => name
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        StoreError::Query(format!("unsupported placeholder {name} in {sql}"))
+                    })?,
+                None => i,
+            });
+        }
+        // Bounded like the statement cache: statement shapes are few, but a caller building
+        // one per value count could otherwise grow this without end.
+        if slots.len() >= 4096 {
+            slots.clear();
+        }
+        slots.insert(sql.to_owned(), these);
+    }
+    Ok(&slots[sql])
+}
+
+fn bind(
+    stmt: &mut rusqlite::Statement<'_>,
+    slots: &[usize],
+    args: &[Arg],
+) -> Result<(), StoreError> {
+    for (i, &slot) in (1..).zip(slots) {
+        let arg = args
+            .get(slot - 1)
+            .ok_or_else(|| StoreError::Query(format!("no value for placeholder {slot}")))?;
+        match arg {
+            Arg::Text(Some(s)) => stmt.raw_bind_parameter(i, s.as_str())?,
+            Arg::Int(Some(v)) => stmt.raw_bind_parameter(i, *v)?,
+            Arg::Blob(b) => stmt.raw_bind_parameter(i, b.as_slice())?,
+            Arg::Text(None) | Arg::Int(None) => {
+                stmt.raw_bind_parameter(i, rusqlite::types::Null)?
+            }
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -287,6 +314,20 @@ impl Exec for LiteConn {
     async fn exec(&mut self, sql: &str, args: Vec<Arg>) -> Result<u64, StoreError> {
         let mut stmt = self.prepare(sql, &args)?;
         Ok(stmt.raw_execute()? as u64)
+    }
+
+    async fn exec_each(&mut self, sql: &str, rows: Vec<Vec<Arg>>) -> Result<u64, StoreError> {
+        // One statement taken from the cache for all the rows: a cache lookup hashes the SQL
+        // text twice (take and put back), a cost per row that a bulk write notices.
+        let LiteConn { conn, slots } = self;
+        let mut stmt = conn.prepare_cached(sql)?;
+        let slots = slots_of(slots, &stmt, sql)?;
+        let mut changed = 0;
+        for args in &rows {
+            bind(&mut stmt, slots, args)?;
+            changed += stmt.raw_execute()? as u64;
+        }
+        Ok(changed)
     }
 
     async fn rows(

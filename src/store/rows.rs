@@ -137,6 +137,13 @@ pub async fn insert_rows(
     // SQLite resolves each `$N` by scanning the statement's parameter names (quadratic in the
     // number of binds); anonymous `?` binds are positional. PostgreSQL needs `$N`.
     let positional = conn.is_sqlite();
+    if conn.single_row_statements() {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let sql = insert_sql(table, cols, 1, suffix, positional);
+        return conn.exec_each(&sql, rows).await;
+    }
     let mut statements = Statements::new(rows, chunk_rows(conn, cols.len()), |n| {
         insert_sql(table, cols, n, suffix, positional)
     });

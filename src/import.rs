@@ -841,7 +841,7 @@ pub async fn run(
         }
         let _ = stop_tx.send(true);
         let _ = d.await;
-        report.applied = outcomes(&store, &opts.endpoint, &sha256).await?;
+        report.applied = outcomes(&store, &sha256).await?;
         let (_, direct) = file_units(&store, &sha256).await?;
         *report.applied.entry("delivered".into()).or_default() += direct as i64;
     }
@@ -1371,17 +1371,6 @@ async fn strings_in(
     Ok(out)
 }
 
-/// Joins a delivery to the transport unit (batch) of its row, which names the file's hash:
-/// the rows of this file that went the journal's way, whichever run journaled them (not the
-/// change events the batch caused, which go to the dealers).
-const OF_FILE: &str = "FROM deliveries d JOIN messages m ON m.id = d.message_id \
-     JOIN messages t ON t.id = m.parent_id \
-     WHERE t.endpoint = $1 AND t.kind = 'transport' AND t.headers LIKE $2 AND m.kind = 'record'";
-
-fn file_pattern(sha256: &str) -> String {
-    format!("%{sha256}%")
-}
-
 /// Whether a delivery of the import routes is still to be applied for the first time
 /// (retries excluded: a vehicle waiting for its dealer must not hold the import open). Includes
 /// rows an interrupted run journaled but did not apply; those it was applying when killed come
@@ -1427,20 +1416,20 @@ fn placeholders(after: usize, n: usize) -> String {
         .join(",")
 }
 
-async fn outcomes(
-    store: &Store,
-    endpoint: &str,
-    sha256: &str,
-) -> anyhow::Result<BTreeMap<String, i64>> {
-    let sql = format!(
-        "SELECT CASE WHEN d.status IN ('pending','in_flight') THEN 'waiting' ELSE d.status END, COUNT(*) \
-         {OF_FILE} GROUP BY CASE WHEN d.status IN ('pending','in_flight') THEN 'waiting' ELSE d.status END"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(endpoint)
-        .bind(file_pattern(sha256))
-        .fetch_all(store.pool())
-        .await?;
+/// Delivery outcomes of the file's rows that went the journal's way, whichever run journaled
+/// them: from the file's batch units (found by their key, not by scanning the journal), to
+/// their records (not the change events a batch caused, which go to the dealers).
+async fn outcomes(store: &Store, sha256: &str) -> anyhow::Result<BTreeMap<String, i64>> {
+    let rows = sqlx::query(
+        "SELECT CASE WHEN d.status IN ('pending','in_flight') THEN 'waiting' ELSE d.status END AS s, COUNT(*) \
+         FROM message_keys k JOIN messages m ON m.parent_id = k.message_id \
+         JOIN deliveries d ON d.message_id = m.id \
+         WHERE k.value = $1 AND k.kind = $2 AND m.kind = 'record' GROUP BY s",
+    )
+    .bind(sha256)
+    .bind(FILE_KEY)
+    .fetch_all(store.pool())
+    .await?;
     let mut out = BTreeMap::new();
     for r in rows {
         out.insert(r.try_get::<String, _>(0)?, r.try_get::<i64, _>(1)?);

@@ -90,6 +90,10 @@ async fn scalar(store: &Store, sql: &str) -> i64 {
         .unwrap()
 }
 
+fn assert_has(md: &str, needle: &str) {
+    assert!(md.contains(needle), "report lacks {needle}:\n{md}");
+}
+
 /// `rejected.csv` / `flagged.csv` as (line, rule, reason) without the raw row.
 fn listed(csv: &str) -> Vec<(u64, String, String)> {
     csv.lines()
@@ -183,7 +187,7 @@ async fn a_dirty_gb18030_customer_file_is_reported_row_for_row_and_imported_once
         "| applied: delivered | 5 |",
         "**go-live check: PASS**",
     ] {
-        assert!(md.contains(needle), "report lacks {needle}:\n{md}");
+        assert_has(&md, needle);
     }
     assert!(
         site.report("run1", "report.html").contains("王小明"),
@@ -341,7 +345,7 @@ async fn vehicles_with_bad_vins_are_rejected_and_the_rest_linked_to_owners() {
         "| `reject.invalid.vin` | 1 |",
         "**go-live check: PASS**",
     ] {
-        assert!(md.contains(needle), "report lacks {needle}:\n{md}");
+        assert_has(&md, needle);
     }
     let rejected = listed(&site.report("veh", "rejected.csv"));
     assert_eq!(rejected.len(), 1);
@@ -496,7 +500,7 @@ async fn a_vehicle_of_an_unknown_dealer_waits_in_the_journal_and_fails_the_go_li
         "| applied: waiting | 1 |",
         "**go-live check: FAIL**",
     ] {
-        assert!(md.contains(needle), "report lacks {needle}:\n{md}");
+        assert_has(&md, needle);
     }
     let store = site.store().await;
     // Held as live traffic would be: a journaled record whose delivery retries until D0099

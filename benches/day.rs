@@ -24,6 +24,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 mod amqp;
 #[path = "../tests/support/bench_hub.rs"]
 mod bench_hub;
+#[path = "../tests/support/osm_files.rs"]
+mod osm_files;
 #[path = "../tests/support/sftp.rs"]
 mod sftp;
 #[path = "../tests/support/tree.rs"]
@@ -32,6 +34,7 @@ mod tree;
 mod vin;
 
 use bench_hub::BenchHub;
+use osm_files::dealer;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -58,19 +61,6 @@ struct Load {
     customers: usize,
     vehicles: usize,
     campaigns: usize,
-}
-
-fn dealer(i: usize) -> String {
-    format!("D{:04}", i + 1)
-}
-
-fn vin_of(i: usize) -> String {
-    let mut v: [u8; 17] = format!("LVHRU1840S{:07}", i % 10_000_000)
-        .into_bytes()
-        .try_into()
-        .expect("17 characters");
-    v[8] = vin::vin_check(&v);
-    String::from_utf8(v.to_vec()).expect("ASCII")
 }
 
 async fn post(client: &reqwest::Client, url: &str, auth: (&str, &str), body: String) {
@@ -205,21 +195,11 @@ async fn main() {
     let admin = ("Authorization", "Bearer demo-admin");
 
     // Master data first, as OSM's nightly dealer file (GB18030) brings it.
-    let mut dealers =
-        String::from("dealer_code,dealer_name,region,province,city,address,phone,status\n");
-    for i in 0..DEALERS {
-        let (province, city) = CITIES[i % CITIES.len()];
-        dealers.push_str(&format!(
-            "{},{city}第{}本田特约店,华南,{province},{city},{city}大道{}号,020-1234{:04},active\n",
-            dealer(i),
-            i + 1,
-            i + 1,
-            i
-        ));
-    }
-    let (gb, _, _) = encoding_rs::GB18030.encode(&dealers);
-    std::fs::write(fx.path("outbound/dealers/DEALER_20261201.csv"), &gb).unwrap();
-    std::fs::write(fx.path("outbound/dealers/DEALER_20261201.csv.ok"), b"").unwrap();
+    osm_files::write_dealers(
+        &fx.path("outbound/dealers/DEALER_20261201.csv"),
+        DEALERS,
+        &CITIES,
+    );
     post(
         &client,
         &format!("{base}/api/v1/endpoints/osm_dealers_sftp_in/poll"),
@@ -301,19 +281,11 @@ async fn main() {
 
     // OSM's vehicle file.
     let vehicles = {
-        let mut text = String::from(
-            "vin,brand,model,model_year,color,plate_no,engine_no,dealer_code,sales_date,owner_name,owner_mobile,owner_id_no\n",
+        osm_files::write_vehicles(
+            &fx.path("outbound/vehicles/VEHICLE_20261201.csv"),
+            load.vehicles,
+            DEALERS,
         );
-        for i in 0..load.vehicles {
-            text.push_str(&format!(
-                "{},Honda,雅阁 Accord,2026,珍珠白,粤A·{:05},L15B{i:07},{},2026-11-20,客户{i},136{i:08},\n",
-                vin_of(i),
-                i % 100_000,
-                dealer(i % DEALERS)
-            ));
-        }
-        std::fs::write(fx.path("outbound/vehicles/VEHICLE_20261201.csv"), text).unwrap();
-        std::fs::write(fx.path("outbound/vehicles/VEHICLE_20261201.csv.ok"), b"").unwrap();
         let (client, base) = (client.clone(), base.clone());
         tokio::spawn(async move {
             post(

@@ -360,8 +360,9 @@ impl Application {
                 }
                 EndpointConfig::Sftp(s) => {
                     endpoint_kinds.push((id.clone(), crate::sftp::kind(s).to_string()));
-                    let inbox: Arc<dyn Inbox> = pipeline.clone();
-                    if let Some(out) = sftp.add(id, s, &settings, inbox, &store, status.clone()) {
+                    if let Some(out) =
+                        sftp.add(id, s, &settings, pipeline.clone(), &store, status.clone())
+                    {
                         outbounds.insert(id.clone(), out);
                     }
                 }

@@ -42,9 +42,9 @@ use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::watch;
 
 use crate::app::Assembled;
-use crate::crm;
-use crate::pipeline::{Pipeline, id_rule};
-use crate::store::journal::{self, IdRule, PreparedRecord};
+use crate::direct;
+use crate::pipeline::Pipeline;
+use crate::store::journal::PreparedRecord;
 use crate::store::{Store, StoreError};
 
 /// The principal system of imported records (history, idempotency scope, search).
@@ -1085,15 +1085,6 @@ struct BatchWriter {
     notify: bool,
 }
 
-/// A row to apply, as the writer needs it.
-struct Direct {
-    line: u64,
-    text: String,
-    merged: bool,
-    source_ref: String,
-    rec: Map<String, Value>,
-}
-
 /// What a batch's transaction did.
 #[derive(Default)]
 struct BatchDone {
@@ -1181,111 +1172,58 @@ impl BatchWriter {
                 )
             })
             .collect();
-        let rows: Vec<Direct> = take
+        let route = self
+            .pipeline
+            .direct_route(&self.endpoint, self.record_type)
+            .ok_or_else(|| {
+                anyhow!(
+                    "no route applies {} rows straight to the CRM store",
+                    self.record_type
+                )
+            })?;
+        let mut texts = Vec::with_capacity(take.len());
+        let rows: Vec<direct::Row> = take
             .into_iter()
-            .map(|r| Direct {
-                line: r.line,
-                text: r.text,
-                merged: r.merged,
-                source_ref: r.source_ref,
-                rec: r.canonical,
+            .map(|r| {
+                texts.push((r.line, r.text, r.merged));
+                direct::Row {
+                    index: usize::try_from(r.line).unwrap_or(usize::MAX),
+                    lane: route.lane(&Value::Object(r.canonical.clone())),
+                    source_ref: Some(r.source_ref),
+                    rec: r.canonical,
+                }
             })
             .collect();
+        let batch = direct::Batch {
+            env,
+            route: route.id.clone(),
+            target: self.target.clone(),
+            record_type: self.record_type.to_owned(),
+            partner: Some(SYSTEM.to_owned()),
+            // The migration is headquarters' own.
+            key_field_approval: false,
+            events: self.notify,
+            rows,
+            not_taken: refused,
+            unit_keys: vec![(FILE_KEY, self.sha256.clone())],
+            idempotency: None,
+            applied_header: Some("import.applied"),
+        };
         let pipeline = self.pipeline.clone();
-        let target = self.target.clone();
-        let record_type = self.record_type;
-        let notify = self.notify;
         let done = store
             .enqueue_exec(move |conn| {
                 Box::pin(async move {
-                    let mut rows = rows;
-                    let rules: Vec<Option<IdRule>> =
-                        rows.iter().map(|r| id_rule(record_type, &r.rec)).collect();
-                    let rules: Vec<Option<&IdRule>> = rules.iter().map(Option::as_ref).collect();
-                    let (ids, minted) = journal::assign_ids_noting_new(conn, &rules).await?;
-                    let received_at = env.received_at.timestamp_millis();
-                    let items = rows
-                        .iter_mut()
-                        .zip(&ids)
-                        .zip(minted)
-                        .map(|((r, id), new_id)| {
-                            Ok(crm::Item {
-                                message_id: env.id,
-                                target: target.clone(),
-                                record_type: record_type.to_owned(),
-                                // Only a vehicle can wait (for its dealer) and need its record
-                                // again to be journaled instead: the others give theirs up.
-                                rec: if record_type == "vehicle" {
-                                    r.rec.clone()
-                                } else {
-                                    std::mem::take(&mut r.rec)
-                                },
-                                entity_id: id.clone(),
-                                new_id,
-                                partner: Some(SYSTEM.to_owned()),
-                                received_at: Some(received_at),
-                                // The migration is headquarters' own.
-                                key_field_approval: false,
-                                events: notify,
-                            })
-                        })
-                        .collect();
-                    let results = crm::apply_items(conn, items, None).await?;
                     let mut out = BatchDone::default();
-                    let mut later = refused;
-                    let mut applied = 0u64;
-                    for ((r, id), result) in rows.into_iter().zip(ids).zip(results) {
-                        match result {
-                            Ok(a) => {
-                                applied += 1;
-                                if notify {
-                                    later.extend(a.events.iter().map(|ev| {
-                                        pipeline.prepare_event(env.id, None, &target, ev)
-                                    }));
-                                }
-                            }
-                            Err(crm::CrmFailure::Retry(_)) if !r.rec.is_empty() => {
-                                let mut p = pipeline.prepare_record(
-                                    &env,
-                                    r.line as usize,
-                                    record_type,
-                                    Some(&r.source_ref),
-                                    &Ok(Value::Object(r.rec)),
-                                    "record",
-                                    None,
-                                );
-                                p.message.entity_id = id;
-                                later.push(p);
-                            }
-                            Err(
-                                crm::CrmFailure::Reject(reason) | crm::CrmFailure::Retry(reason),
-                            ) => {
-                                later.push(pipeline.prepare_record(
-                                    &env,
-                                    r.line as usize,
-                                    record_type,
-                                    Some(&r.source_ref),
-                                    &Err(vec![FieldError::new("", reason.clone())]),
-                                    "record",
-                                    None,
-                                ));
-                                out.refused.push((r.line, r.text, r.merged, reason));
-                            }
-                            Err(crm::CrmFailure::Store(e)) => return Err(e),
+                    let direct::Done::Written { outcomes, .. } =
+                        direct::write(conn, &pipeline, batch).await?
+                    else {
+                        return Ok(out);
+                    };
+                    for ((line, text, merged), outcome) in texts.into_iter().zip(outcomes) {
+                        if let direct::Outcome::Refused { reason, .. } = outcome {
+                            out.refused.push((line, text, merged, reason));
                         }
                     }
-                    journal::insert_prepared_many(conn, &later).await?;
-                    let mut env = env;
-                    env.headers
-                        .insert("import.applied".into(), applied.to_string());
-                    let unit = Pipeline::transport_message(&env, "accepted", None);
-                    journal::insert_message(conn, &unit).await?;
-                    let sha = env
-                        .headers
-                        .get("import.sha256")
-                        .cloned()
-                        .unwrap_or_default();
-                    journal::insert_keys_of(conn, &[(unit.id, &[(FILE_KEY, sha)][..])]).await?;
                     Ok(out)
                 })
             })

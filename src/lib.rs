@@ -8,6 +8,7 @@
 //!   PostgreSQL.
 //! - `routing`: the route table compiled from `routes/*.toml`.
 //! - `pipeline`: the `Inbox` adapters hand submissions to: validate, map, route, journal.
+//! - `direct`: batches applied straight to the CRM store in the transaction that journals them.
 //! - `demo`: `synchub demo`, the hub with built-in partner simulators.
 //! - `disabled`: the stand-in adapter of an outbound endpoint with `enabled = false`.
 //! - `dispatch`: claims due deliveries, calls outbound adapters, retries, parks.
@@ -29,6 +30,7 @@ pub mod check;
 pub mod cli;
 pub mod crm;
 pub mod demo;
+pub mod direct;
 pub mod disabled;
 pub mod dispatch;
 pub mod extract;

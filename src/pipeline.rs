@@ -42,6 +42,8 @@ pub struct Pipeline {
     mappings: Arc<Mappings>,
     /// Target endpoint id → whether it is a CRM store (records routed there get a hub id at accept).
     crm_targets: HashMap<String, bool>,
+    /// CRM store endpoint id → its `key_field_approval` setting.
+    crm_approval: HashMap<String, bool>,
     /// Wakes the dispatcher when deliveries were journaled.
     wake: Arc<Notify>,
     status: Arc<EndpointStates>,
@@ -72,11 +74,20 @@ impl Pipeline {
             .iter()
             .map(|(id, e)| (id.clone(), matches!(e, EndpointConfig::CrmStore(_))))
             .collect();
+        let crm_approval = settings
+            .endpoints
+            .iter()
+            .filter_map(|(id, e)| match e {
+                EndpointConfig::CrmStore(c) => Some((id.clone(), c.key_field_approval)),
+                _ => None,
+            })
+            .collect();
         Pipeline {
             store,
             routes,
             mappings,
             crm_targets,
+            crm_approval,
             wake,
             status,
             accepts: std::sync::OnceLock::new(),
@@ -125,6 +136,71 @@ impl Pipeline {
         &self.routes
     }
 
+    /// The route `record_type` records from `endpoint` can be applied straight to the CRM store
+    /// by (see [`crate::direct`]): the only route taking them, to one CRM store endpoint, with
+    /// no mapping and no `when`.
+    pub(crate) fn direct_route(&self, endpoint: &str, record_type: &str) -> Option<&Route> {
+        let routes = self.routes.candidates(endpoint, record_type);
+        let [route] = routes.as_slice() else {
+            return None;
+        };
+        match route.to.as_slice() {
+            [to] if self.crm_targets.get(to).copied().unwrap_or(false)
+                && route.mapping.is_none()
+                && route.when.is_none() =>
+            {
+                Some(route)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a DMS's key-field changes applied for CRM endpoint `target` wait for approval.
+    pub(crate) fn key_field_approval(&self, target: &str) -> bool {
+        self.crm_approval.get(target).copied().unwrap_or(true)
+    }
+
+    /// Journals and applies a batch straight to the CRM store (see [`crate::direct`]) when its
+    /// records qualify; gives the submission back when they do not (the caller then uses
+    /// [`Inbox::accept`]).
+    pub async fn accept_direct(
+        self: &Arc<Self>,
+        submission: Submission,
+    ) -> Result<Result<Receipt, AcceptError>, Submission> {
+        let endpoint = submission.envelope.endpoint.clone();
+        let record_type = match submission.records.first() {
+            Some(r)
+                if submission
+                    .records
+                    .iter()
+                    .all(|o| o.record_type == r.record_type) =>
+            {
+                r.record_type.clone()
+            }
+            _ => return Err(submission),
+        };
+        let Some(route) = self.direct_route(&endpoint, &record_type) else {
+            return Err(submission);
+        };
+        metrics::counter!(m::RECEIVED, "endpoint" => endpoint.clone()).increment(1);
+        self.status.contact(&endpoint, None);
+        let receipt = crate::direct::accept(self, route, submission)
+            .await
+            .map_err(|e| {
+                tracing::warn!(endpoint = %endpoint, error = %e, "Batch not journaled; it is read again.");
+                AcceptError::Unavailable(e.to_string())
+            });
+        if let Ok(r) = &receipt {
+            count_verdicts(&endpoint, r);
+        }
+        Ok(receipt)
+    }
+
+    /// Tells the dispatcher deliveries were journaled.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Validates, routes and maps one record. `Err` carries the reasons it is rejected.
     /// `mapping_override` replays through a given mapping version.
     fn route_record(
@@ -137,26 +213,13 @@ impl Pipeline {
         mapping_override: Option<u32>,
     ) -> Result<Routed, Vec<FieldError>> {
         let candidates = self.routes.candidates(endpoint, record_type);
-        let schema = candidates.iter().find_map(|r| r.validate);
-        let mut canonical = match schema {
-            Some(s) => Value::Object(validate(s, body)?),
-            None => body.clone(),
-        };
-        if let Value::Object(map) = &mut canonical {
-            // The partner's credential, not its payload, says who it is: leads take their source
-            // from the key (INTERFACES §1), so a website cannot pose as the call centre.
-            if let Some(system) = principal_system
-                && record_type == "lead"
-            {
-                map.insert("source".into(), Value::String(system.to_string()));
-            }
-            if let Some(d) = dealer_hint
-                && !map.contains_key("dealer_code")
-                && record_type != "lead"
-            {
-                map.insert("dealer_code".into(), Value::String(d.to_string()));
-            }
-        }
+        let canonical = Self::canonical(
+            &candidates,
+            record_type,
+            body,
+            principal_system,
+            dealer_hint,
+        )?;
         let mut routed = Routed {
             canonical,
             routes: Vec::new(),
@@ -179,6 +242,38 @@ impl Pipeline {
             self.add_deliveries(route, &mut routed, mapping_override)?;
         }
         Ok(routed)
+    }
+
+    /// The record validated by its routes' schema (the first that names one), with what the
+    /// principal says about it filled in.
+    pub(crate) fn canonical(
+        candidates: &[&Route],
+        record_type: &str,
+        body: &Value,
+        principal_system: Option<&str>,
+        dealer_hint: Option<&str>,
+    ) -> Result<Value, Vec<FieldError>> {
+        let schema = candidates.iter().find_map(|r| r.validate);
+        let mut canonical = match schema {
+            Some(s) => Value::Object(validate(s, body)?),
+            None => body.clone(),
+        };
+        if let Value::Object(map) = &mut canonical {
+            // The partner's credential, not its payload, says who it is: leads take their source
+            // from the key (INTERFACES §1), so a website cannot pose as the call centre.
+            if let Some(system) = principal_system
+                && record_type == "lead"
+            {
+                map.insert("source".into(), Value::String(system.to_string()));
+            }
+            if let Some(d) = dealer_hint
+                && !map.contains_key("dealer_code")
+                && record_type != "lead"
+            {
+                map.insert("dealer_code".into(), Value::String(d.to_string()));
+            }
+        }
+        Ok(canonical)
     }
 
     fn add_deliveries(
@@ -579,6 +674,21 @@ fn xml_element_texts<'a>(body: &'a [u8], local: &'a str) -> impl Iterator<Item =
 
 /// Business keys found in a record (top level and one level down, e.g. `owner.mobile`).
 pub(crate) fn collect_keys(v: &Value, out: &mut Vec<(&'static str, String)>) {
+    match v {
+        Value::Object(map) => collect_map_keys(map, out),
+        Value::Array(items) => {
+            for item in items.iter().take(1000) {
+                if let Value::Object(map) = item {
+                    collect_map_keys(map, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// [`collect_keys`] of one record.
+pub(crate) fn collect_map_keys(map: &Map<String, Value>, out: &mut Vec<(&'static str, String)>) {
     fn walk(map: &Map<String, Value>, out: &mut Vec<(&'static str, String)>, depth: u8) {
         for (field, kind) in KEY_FIELDS {
             match map.get(*field) {
@@ -597,17 +707,7 @@ pub(crate) fn collect_keys(v: &Value, out: &mut Vec<(&'static str, String)>) {
             }
         }
     }
-    match v {
-        Value::Object(map) => walk(map, out, 0),
-        Value::Array(items) => {
-            for item in items.iter().take(1000) {
-                if let Value::Object(map) = item {
-                    walk(map, out, 0);
-                }
-            }
-        }
-        _ => {}
-    }
+    walk(map, out, 0);
 }
 
 /// Records journaled per endpoint and outcome, for the metrics.

@@ -675,6 +675,13 @@ pub struct SftpEndpoint {
     /// `owner_name`, `owner_mobile` with `["owner_"]` become `owner: {name, mobile}`.
     #[serde(default)]
     pub nest_prefixes: Vec<String>,
+    /// `in`: apply each batch of rows to the CRM store in the transaction that journals it
+    /// (default true), when the rows' only route takes them to a CRM store endpoint with no
+    /// mapping and no `when`. The batch is one journaled message, found by every row's VIN,
+    /// mobile and `source_ref`; rows that cannot apply yet are journaled one by one and wait like
+    /// live traffic. `false` journals one record and one CRM delivery per row.
+    #[serde(default)]
+    pub direct_apply: Option<bool>,
     /// `in`: this hub's name in the file ledger (default: the host name). Set distinct values
     /// when several hub instances share one host and one database.
     #[serde(default)]

@@ -21,6 +21,7 @@ use synchub_adapter_sftp::{
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::pipeline::Pipeline;
 use crate::settings::{Direction, Settings, SftpEndpoint};
 use crate::status::EndpointStates;
 use crate::store::{Store, StoreError, now_ms};
@@ -120,7 +121,7 @@ pub fn outbound_config(
 /// the hub and the adapter never disagree about what is valid.
 pub fn config_problems(id: &str, s: &SftpEndpoint) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let in_only: [(&str, bool); 12] = [
+    let in_only: [(&str, bool); 13] = [
         ("system", s.system.is_some()),
         ("pattern", s.pattern.is_some()),
         ("stable_secs", s.stable_secs.is_some()),
@@ -132,6 +133,7 @@ pub fn config_problems(id: &str, s: &SftpEndpoint) -> Vec<(String, String)> {
         ("record_type", s.record_type.is_some()),
         ("required_columns", !s.required_columns.is_empty()),
         ("nest_prefixes", !s.nest_prefixes.is_empty()),
+        ("direct_apply", s.direct_apply.is_some()),
         ("instance_id", s.instance_id.is_some()),
     ];
     let out_only = [
@@ -451,6 +453,8 @@ pub async fn recent_files(store: &Store, endpoint: &str) -> Result<Vec<Value>, S
 pub struct SftpInbox {
     inner: Arc<dyn Inbox>,
     nest_prefixes: Vec<String>,
+    /// Batches whose route qualifies are applied straight to the CRM store through this.
+    direct: Option<Arc<Pipeline>>,
 }
 
 impl SftpInbox {
@@ -458,7 +462,14 @@ impl SftpInbox {
         SftpInbox {
             inner,
             nest_prefixes,
+            direct: None,
         }
+    }
+
+    /// Applies batches straight to the CRM store where their route allows (`direct_apply`).
+    pub fn with_direct(mut self, pipeline: Arc<Pipeline>) -> SftpInbox {
+        self.direct = Some(pipeline);
+        self
     }
 
     fn shape(&self, body: &mut Map<String, Value>, source_ref: Option<&str>) {
@@ -501,6 +512,12 @@ impl Inbox for SftpInbox {
             if let Ok(Value::Object(body)) = &mut r.body {
                 self.shape(body, r.source_ref.as_deref());
             }
+        }
+        if let Some(pipeline) = &self.direct {
+            submission = match pipeline.accept_direct(submission).await {
+                Ok(done) => return done,
+                Err(not_direct) => not_direct,
+            };
         }
         self.inner.accept(submission).await
     }
@@ -682,7 +699,7 @@ impl SftpEndpoints {
         id: &str,
         s: &SftpEndpoint,
         settings: &Settings,
-        pipeline: Arc<dyn Inbox>,
+        pipeline: Arc<Pipeline>,
         store: &Store,
         status: Arc<EndpointStates>,
     ) -> Option<Arc<dyn Outbound>> {
@@ -700,8 +717,11 @@ impl SftpEndpoints {
                 id, s, passphrase,
             )))),
             Direction::In => {
-                let inbox: Arc<dyn Inbox> =
-                    Arc::new(SftpInbox::new(pipeline, s.nest_prefixes.clone()));
+                let mut inbox = SftpInbox::new(pipeline.clone(), s.nest_prefixes.clone());
+                if s.direct_apply.unwrap_or(true) {
+                    inbox = inbox.with_direct(pipeline);
+                }
+                let inbox: Arc<dyn Inbox> = Arc::new(inbox);
                 let ledger: Arc<dyn Ledger> =
                     Arc::new(StoreLedger::new(store.clone(), owner(id, s)));
                 let mut ep = InboundSftp::new(

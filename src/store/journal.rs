@@ -714,7 +714,7 @@ pub async fn commit_staged(
 }
 
 /// Which business-key kind the hub-assigned id of a record type is searched by.
-fn entity_key_kind(record_type: Option<&str>) -> &'static str {
+pub(crate) fn entity_key_kind(record_type: Option<&str>) -> &'static str {
     match record_type {
         Some("lead") => "lead_id",
         Some("dms_customer") | Some("customer") => "customer_id",

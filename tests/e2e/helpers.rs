@@ -167,6 +167,8 @@ pub struct TestHub {
     pub store_url: String,
     pub client: reqwest::Client,
     pub store: Store,
+    /// The hub's own inbox, for handing it submissions as an adapter would.
+    pub pipeline: std::sync::Arc<synchub::pipeline::Pipeline>,
     /// Prefix of this hub's AMQP exchange and queue names.
     pub amqp_prefix: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -250,6 +252,7 @@ impl TestHub {
             .expect("application builds");
         let base = format!("http://{}", app.local_addr());
         let store = app.store().clone();
+        let pipeline = app.pipeline();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run_until_stopped(async {
@@ -263,6 +266,7 @@ impl TestHub {
             store_url,
             client: reqwest::Client::new(),
             store,
+            pipeline,
             amqp_prefix: prefix,
             stop: Some(tx),
             task: Some(task),

@@ -77,6 +77,15 @@ async fn endpoint(hub: &TestHub, id: &str) -> Value {
         .unwrap_or_else(|| panic!("endpoint {id} not listed: {eps}"))
 }
 
+/// Counts the distinct rows (file, content hash, line) the journal finds among the messages of
+/// `endpoint`: applied rows through their batch, the others as records of their own.
+fn rows_found_by_source_ref(endpoint: &str) -> String {
+    format!(
+        "SELECT COUNT(DISTINCT k.value) FROM message_keys k JOIN messages m ON m.id = k.message_id \
+         WHERE k.kind = 'source_ref' AND m.endpoint = '{endpoint}'"
+    )
+}
+
 async fn scalar(pool: &sqlx::AnyPool, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
         .fetch_one(pool)
@@ -315,6 +324,134 @@ async fn a_thousand_vehicles_with_three_bad_vins_give_997_vehicles_and_3_rejecti
     hub.stop().await;
 }
 
+/// What the poller hands the hub for lines 2-4 of `T.csv`: two good vehicles with new owners,
+/// and one with a wrong check digit. A new envelope each time, as a resumed poll builds.
+fn three_rows() -> synchub_adapter_sdk::Submission {
+    use synchub_adapter_sdk::{ContentType, Envelope, Principal, RecordIn, Submission};
+    let mut envelope = Envelope::new(VEHICLES, ContentType::Csv, "vin,...".into());
+    envelope.principal = Some(Principal {
+        system: "osm".into(),
+        dealer_code: None,
+    });
+    let records = [
+        (2, vin(9, 1, true)),
+        (3, vin(9, 2, false)),
+        (4, vin(9, 3, true)),
+    ]
+    .into_iter()
+    .map(|(line, v)| RecordIn {
+        index: line,
+        record_type: "vehicle".into(),
+        source_ref: Some(format!("T.csv@abcdef12:{line}")),
+        body: Ok(serde_json::json!({
+            "vin": v, "brand": "Honda", "model": "Fit", "model_year": "2026",
+            "dealer_code": "D0001", "sales_date": "2026-11-20",
+            "owner_name": format!("车主{line}"), "owner_mobile": format!("1390900000{line}"),
+        })),
+    })
+    .collect();
+    Submission { envelope, records }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_written_again_after_a_crash_has_no_second_effect_and_reports_the_first_verdicts() {
+    use synchub_adapter_sdk::{Inbox, RecordVerdict};
+    let hub = spawn(Backend::Sqlite, &[]).await;
+    let inbox = synchub::sftp::SftpInbox::new(hub.pipeline.clone(), vec!["owner_".into()])
+        .with_direct(hub.pipeline.clone());
+    let pool = hub.store.pool();
+    let effects = async || {
+        (
+            scalar(pool, "SELECT COUNT(*) FROM crm_changes").await,
+            scalar(pool, "SELECT COUNT(*) FROM messages").await,
+            scalar(pool, "SELECT COUNT(*) FROM deliveries").await,
+        )
+    };
+
+    let first = inbox.accept(three_rows()).await.expect("first copy");
+    let after_first = effects().await;
+    let [
+        RecordVerdict::Accepted {
+            message_id: unit,
+            duplicate: false,
+            ..
+        },
+        RecordVerdict::Rejected {
+            message_id: bad,
+            errors,
+        },
+        RecordVerdict::Accepted {
+            duplicate: false, ..
+        },
+    ] = first.records.as_slice()
+    else {
+        panic!("{:?}", first.records);
+    };
+    assert_eq!(*unit, first.message_id, "applied rows are the batch's");
+    assert!(
+        errors.iter().any(|e| e.to_string().contains("check digit")),
+        "{errors:?}"
+    );
+    assert_eq!(
+        scalar(
+            pool,
+            "SELECT COUNT(*) FROM crm_changes WHERE entity = 'vehicle'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        scalar(
+            pool,
+            "SELECT COUNT(*) FROM messages WHERE kind = 'event' AND record_type = 'customer_event'"
+        )
+        .await,
+        2,
+        "each new owner's customer.created is journaled for the dealer's DMS"
+    );
+
+    // The poller died between the commit and its ledger progress: the batch comes again.
+    let second = inbox.accept(three_rows()).await.expect("second copy");
+    assert_eq!(
+        effects().await,
+        after_first,
+        "no second effect, nothing journaled"
+    );
+    assert_eq!(
+        second.records,
+        vec![
+            RecordVerdict::Accepted {
+                message_id: *unit,
+                id: None,
+                duplicate: true
+            },
+            RecordVerdict::Rejected {
+                message_id: *bad,
+                errors: errors.clone()
+            },
+            RecordVerdict::Accepted {
+                message_id: *unit,
+                id: None,
+                duplicate: true
+            },
+        ],
+        "the first copy's verdicts: counts in the file ledger stay right"
+    );
+
+    // The operator finds the batch by a vehicle's VIN.
+    let (s, found) = hub
+        .get(&format!("/api/v1/messages?key={}", vin(9, 3, true)), ADMIN)
+        .await;
+    assert_eq!(s, 200, "{found}");
+    assert!(
+        found["messages"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["id"] == unit.to_string())),
+        "{found}"
+    );
+    hub.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn identical_reupload_has_no_effect_but_new_content_under_the_same_name_is_processed() {
     let fx = SshdFixture::start();
@@ -325,15 +462,14 @@ async fn identical_reupload_has_no_effect_but_new_content_under_the_same_name_is
     let original = sample_bytes(name);
     let path = fx.path(&format!("{dir}/{name}"));
     std::fs::write(&path, &original).unwrap();
-    let records = format!(
-        "SELECT COUNT(*) FROM messages WHERE kind = 'record' AND endpoint = '{CAMPAIGN_RESULTS}'"
-    );
+    // Each row of a file becomes a campaign result of its own in the CRM store.
+    let records = "SELECT COUNT(*) FROM crm_records WHERE entity = 'campaign_result'";
 
     let r = poll(&hub, CAMPAIGN_RESULTS).await;
     assert_eq!(r["files"][0]["outcome"]["status"], "archived", "{r}");
     assert_eq!(r["files"][0]["accepted"], 2, "{r}");
     hub.settle(30).await;
-    assert_eq!(scalar(hub.store.pool(), &records).await, 2);
+    assert_eq!(scalar(hub.store.pool(), records).await, 2);
     let (s, c) = hub
         .get("/api/v1/campaigns/C2026-12-WINTERCARE", ADMIN)
         .await;
@@ -347,7 +483,7 @@ async fn identical_reupload_has_no_effect_but_new_content_under_the_same_name_is
     assert!(!path.exists());
     hub.settle(30).await;
     assert_eq!(
-        scalar(hub.store.pool(), &records).await,
+        scalar(hub.store.pool(), records).await,
         2,
         "no second effect"
     );
@@ -368,7 +504,7 @@ async fn identical_reupload_has_no_effect_but_new_content_under_the_same_name_is
     assert_eq!(r["files"][0]["outcome"]["status"], "archived", "{r}");
     assert_eq!(r["files"][0]["accepted"], 3, "{r}");
     hub.settle(30).await;
-    assert_eq!(scalar(hub.store.pool(), &records).await, 5);
+    assert_eq!(scalar(hub.store.pool(), records).await, 5);
     assert_eq!(std::fs::read_dir(&archive).unwrap().count(), 3);
     let ep = endpoint(&hub, CAMPAIGN_RESULTS).await;
     assert_eq!(
@@ -511,21 +647,9 @@ async fn two_hubs_on_one_postgres_database_never_take_the_same_file() {
     let pool = a.store.pool();
     let total = i64::from(files) * 1000;
     assert_eq!(
-        scalar(
-            pool,
-            "SELECT COUNT(*) FROM messages WHERE kind = 'record' AND endpoint = 'osm_vehicles_sftp_in'"
-        )
-        .await,
+        scalar(pool, &rows_found_by_source_ref("osm_vehicles_sftp_in")).await,
         total,
-        "each row journaled once"
-    );
-    assert_eq!(
-        scalar(
-            pool,
-            "SELECT COUNT(DISTINCT source_ref) FROM messages WHERE kind = 'record' AND endpoint = 'osm_vehicles_sftp_in'"
-        )
-        .await,
-        total
+        "each row journaled once, findable by its file and line"
     );
     assert_eq!(
         scalar(
@@ -538,7 +662,7 @@ async fn two_hubs_on_one_postgres_database_never_take_the_same_file() {
     assert_eq!(
         scalar(
             pool,
-            "SELECT COUNT(*) FROM deliveries WHERE status = 'delivered' AND route = 'osm_vehicles_sftp_to_crm'"
+            "SELECT COUNT(*) FROM crm_changes WHERE entity = 'vehicle'"
         )
         .await,
         total,
@@ -756,10 +880,11 @@ async fn hub_killed_mid_file_resumes_after_restart_and_imports_every_row_once() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let count = |sql: &'static str| {
+    let count = |sql: &str| {
         let db = db.clone();
+        let sql = sql.to_owned();
         async move {
-            sqlx::query_scalar::<_, i64>(sql)
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
                 .fetch_one(&db)
                 .await
                 .unwrap()
@@ -771,19 +896,14 @@ async fn hub_killed_mid_file_resumes_after_restart_and_imports_every_row_once() 
         rows
     );
     assert_eq!(
-        count("SELECT COUNT(DISTINCT source_ref) FROM messages WHERE kind = 'record' AND status = 'accepted'").await,
+        count(&rows_found_by_source_ref("osm_vehicles_sftp_in")).await,
         rows,
-        "every row accepted once"
+        "every row journaled once, findable by its file and line"
     );
     assert_eq!(
-        count("SELECT COUNT(*) FROM messages WHERE kind = 'record' AND status = 'accepted'").await,
+        count("SELECT COUNT(*) FROM crm_changes WHERE entity = 'vehicle'").await,
         rows,
-        "no row accepted twice (re-sent rows are duplicates)"
-    );
-    assert_eq!(
-        count("SELECT COUNT(*) FROM deliveries WHERE route = 'osm_vehicles_sftp_to_crm' AND status = 'delivered'").await,
-        rows,
-        "every row applied once"
+        "every row applied once: one version of each vehicle"
     );
     assert_eq!(
         count("SELECT COUNT(*) FROM sftp_files WHERE status = 'archived' AND rows_read = 20000")

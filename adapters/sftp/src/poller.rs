@@ -401,32 +401,34 @@ impl Poller {
             .ok_or_else(|| Stop::Unreadable("the file is empty: no header line".to_owned()))?;
         let header = self.header(&header_row).map_err(Stop::Unreadable)?;
         let sha8 = job.facts.sha256[..8].to_owned();
+        let shape = BatchShape {
+            header: &header,
+            record_type: &cfg.record_type,
+            name: job.facts.name.clone(),
+            sha8,
+            resume_after,
+            size: cfg.batch_size.max(1),
+        };
+        // The next batch is read and parsed from the server while the current one is written:
+        // network, parsing and the store's writer then work at the same time. One batch at the
+        // writer at a time keeps the file's rows in order.
         let mut batch = Batch::new(&header_row.text);
-        while let Some(row) = rows.next_row().await? {
-            if row.line <= resume_after {
-                continue;
-            }
-            job.counts.read += 1;
-            let body = match &row.fields {
-                Ok(fields) => record_body(&header, fields, row.line),
-                Err(problem) => Err(vec![FieldError::new("", problem.clone())]),
-            };
-            batch.push(
-                RecordIn {
-                    index: usize::try_from(row.line).unwrap_or(usize::MAX),
-                    record_type: cfg.record_type.clone(),
-                    source_ref: Some(format!("{}@{sha8}:{}", job.facts.name, row.line)),
-                    body,
-                },
-                &row,
-            );
-            if batch.records.len() >= cfg.batch_size {
-                let full = std::mem::replace(&mut batch, Batch::new(&header_row.text));
-                self.submit(job, full).await?;
-            }
-        }
-        if !batch.records.is_empty() {
-            self.submit(job, batch).await?;
+        let (read, mut eof) = shape.fill(&mut rows, &mut batch).await?;
+        job.counts.read += read;
+        while !batch.records.is_empty() {
+            let mut next = Batch::new(&header_row.text);
+            let (written, more) = tokio::join!(self.submit(job, batch), async {
+                if eof {
+                    Ok((0, true))
+                } else {
+                    shape.fill(&mut rows, &mut next).await
+                }
+            });
+            written?;
+            let (read, at_end) = more?;
+            job.counts.read += read;
+            eof = at_end;
+            batch = next;
         }
         let (sha_now, _) = rows.digest();
         if sha_now != job.facts.sha256 {
@@ -600,6 +602,52 @@ impl Poller {
             }
         }
         Ok(to)
+    }
+}
+
+/// How a file's rows become batches.
+struct BatchShape<'a> {
+    header: &'a [String],
+    record_type: &'a str,
+    name: String,
+    /// The file's content hash, shortened: part of every row's `source_ref`.
+    sha8: String,
+    /// Lines up to here were journaled by an earlier attempt.
+    resume_after: u64,
+    size: usize,
+}
+
+impl BatchShape<'_> {
+    /// Reads rows into `batch` until it is full or the file ends: (rows read, at the end).
+    async fn fill<R: tokio::io::AsyncBufRead + Unpin>(
+        &self,
+        rows: &mut RowReader<R>,
+        batch: &mut Batch,
+    ) -> Result<(u64, bool), SftpError> {
+        let mut read = 0;
+        while batch.records.len() < self.size {
+            let Some(row) = rows.next_row().await? else {
+                return Ok((read, true));
+            };
+            if row.line <= self.resume_after {
+                continue;
+            }
+            read += 1;
+            let body = match &row.fields {
+                Ok(fields) => record_body(self.header, fields, row.line),
+                Err(problem) => Err(vec![FieldError::new("", problem.clone())]),
+            };
+            batch.push(
+                RecordIn {
+                    index: usize::try_from(row.line).unwrap_or(usize::MAX),
+                    record_type: self.record_type.to_owned(),
+                    source_ref: Some(format!("{}@{}:{}", self.name, self.sha8, row.line)),
+                    body,
+                },
+                &row,
+            );
+        }
+        Ok((read, false))
     }
 }
 

@@ -453,6 +453,76 @@ async fn a_batch_written_again_after_a_crash_has_no_second_effect_and_reports_th
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_row_whose_vin_has_a_delivery_waiting_queues_behind_it_instead_of_overtaking() {
+    use synchub_adapter_sdk::{Inbox, RecordVerdict};
+    let hub = spawn(Backend::Sqlite, &[]).await;
+    let waiting_vin = vin(9, 3, true);
+    // An earlier change of the car, for a dealer OSM has not sent yet: it waits in its lane.
+    let mut earlier = three_rows();
+    earlier.records.retain(|r| r.index == 4);
+    earlier.records[0].source_ref = Some("earlier.csv@00000000:4".into());
+    if let Ok(Value::Object(b)) = &mut earlier.records[0].body {
+        b.insert("dealer_code".into(), "D0999".into());
+        b.insert(
+            "owner".into(),
+            serde_json::json!({"name": "车主4", "mobile": "13909000004"}),
+        );
+        b.remove("owner_name");
+        b.remove("owner_mobile");
+    }
+    let r = hub.pipeline.accept(earlier).await.expect("earlier change");
+    assert!(
+        matches!(r.records[0], RecordVerdict::Accepted { .. }),
+        "{r:?}"
+    );
+
+    let inbox = synchub::sftp::SftpInbox::new(hub.pipeline.clone(), vec!["owner_".into()])
+        .with_direct(hub.pipeline.clone());
+    let receipt = inbox.accept(three_rows()).await.expect("batch");
+    let RecordVerdict::Accepted { message_id, .. } = &receipt.records[2] else {
+        panic!("{:?}", receipt.records);
+    };
+    assert_ne!(
+        *message_id, receipt.message_id,
+        "journaled as a record of its own, not applied with the batch"
+    );
+    let pool = hub.store.pool();
+    assert_eq!(
+        scalar(
+            pool,
+            &format!(
+                "SELECT COUNT(*) FROM deliveries WHERE lane = '{waiting_vin}' \
+                 AND status IN ('pending', 'in_flight')"
+            )
+        )
+        .await,
+        2,
+        "both changes of the car wait in its lane, in order"
+    );
+    assert_eq!(
+        scalar(
+            pool,
+            &format!(
+                "SELECT COUNT(*) FROM crm_records WHERE entity = 'vehicle' AND id = '{waiting_vin}'"
+            )
+        )
+        .await,
+        0,
+        "the later change did not overtake the earlier one"
+    );
+    // The batch's other good row had no one ahead of it.
+    assert_eq!(
+        scalar(
+            pool,
+            "SELECT COUNT(*) FROM crm_records WHERE entity = 'vehicle'"
+        )
+        .await,
+        1
+    );
+    hub.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn identical_reupload_has_no_effect_but_new_content_under_the_same_name_is_processed() {
     let fx = SshdFixture::start();
     let dir = "inbound/campaign-results";

@@ -1,8 +1,9 @@
 //! SFTP batch flows through the running hub against a real OpenSSH sshd (the adapter's
 //! `SshdFixture`): the GB18030 dealer file lands in the CRM store, a 1,000-row vehicle file with
 //! 3 bad VINs gives 997 vehicles and 3 rejections findable by line, identical re-uploads have no
-//! second effect while new content under the same name is processed, two hubs on one
-//! PostgreSQL database never take the same file, and only headquarters may "poll now".
+//! second effect while new content under the same name is processed, a batch written again
+//! after a crash changes nothing, a row never overtakes an earlier change of its VIN, two hubs
+//! on one PostgreSQL database never take the same file, and only headquarters may "poll now".
 
 use std::time::Duration;
 

@@ -421,7 +421,7 @@ pub(crate) async fn accept(
                 slots.push(Slot::Row(rows.len()));
                 rows.push(Row {
                     index: r.index,
-                    lane: route.lane(&Value::Object(rec.clone())),
+                    lane: route.lane_in(&rec),
                     source_ref: r.source_ref,
                     rec,
                 });

@@ -1015,6 +1015,13 @@ const FILE_KEY: &str = "import_file";
 /// store target, no mapping, no condition.
 fn crm_target(a: &Assembled, endpoint: &str, entity: ImportEntity) -> anyhow::Result<String> {
     let record_type = entity.schema().name();
+    if let Some(to) = a
+        .pipeline
+        .direct_route(endpoint, record_type)
+        .and_then(|r| r.to.first())
+    {
+        return Ok(to.clone());
+    }
     let routes = a.pipeline.routes().candidates(endpoint, record_type);
     let [route] = routes.as_slice() else {
         return Err(anyhow!(
@@ -1027,19 +1034,11 @@ fn crm_target(a: &Assembled, endpoint: &str, entity: ImportEntity) -> anyhow::Re
                 .join(", ")
         ));
     };
-    match route.to.as_slice() {
-        [to] if a.dispatcher.is_crm_target(to)
-            && route.mapping.is_none()
-            && route.when.is_none() =>
-        {
-            Ok(to.clone())
-        }
-        _ => Err(anyhow!(
-            "route {} must send {record_type} records to one CRM store endpoint without a mapping or `when`: \
-             `synchub import` applies rows straight to the CRM store",
-            route.id
-        )),
-    }
+    Err(anyhow!(
+        "route {} must send {record_type} records to one CRM store endpoint without a mapping or `when`: \
+         `synchub import` applies rows straight to the CRM store",
+        route.id
+    ))
 }
 
 /// The transport units of a file's batches: the last line they cover (0 if none) and how many
@@ -1188,7 +1187,7 @@ impl BatchWriter {
                 texts.push((r.line, r.text, r.merged));
                 direct::Row {
                     index: usize::try_from(r.line).unwrap_or(usize::MAX),
-                    lane: route.lane(&Value::Object(r.canonical.clone())),
+                    lane: route.lane_in(&r.canonical),
                     source_ref: Some(r.source_ref),
                     rec: r.canonical,
                 }

@@ -40,9 +40,8 @@ pub struct Pipeline {
     store: Store,
     routes: Arc<RouteTable>,
     mappings: Arc<Mappings>,
-    /// Target endpoint id → whether it is a CRM store (records routed there get a hub id at accept).
-    crm_targets: HashMap<String, bool>,
-    /// CRM store endpoint id → its `key_field_approval` setting.
+    /// CRM store endpoint id → its `key_field_approval` setting. Records routed to one of these
+    /// get a hub id at accept.
     crm_approval: HashMap<String, bool>,
     /// Wakes the dispatcher when deliveries were journaled.
     wake: Arc<Notify>,
@@ -69,11 +68,6 @@ impl Pipeline {
         wake: Arc<Notify>,
         status: Arc<EndpointStates>,
     ) -> Pipeline {
-        let crm_targets = settings
-            .endpoints
-            .iter()
-            .map(|(id, e)| (id.clone(), matches!(e, EndpointConfig::CrmStore(_))))
-            .collect();
         let crm_approval = settings
             .endpoints
             .iter()
@@ -86,7 +80,6 @@ impl Pipeline {
             store,
             routes,
             mappings,
-            crm_targets,
             crm_approval,
             wake,
             status,
@@ -145,7 +138,7 @@ impl Pipeline {
             return None;
         };
         match route.to.as_slice() {
-            [to] if self.crm_targets.get(to).copied().unwrap_or(false)
+            [to] if self.crm_approval.contains_key(to)
                 && route.mapping.is_none()
                 && route.when.is_none() =>
             {
@@ -305,7 +298,7 @@ impl Pipeline {
             .and_then(Value::as_str)
             .map(str::to_string);
         for target in &route.to {
-            if self.crm_targets.get(target).copied().unwrap_or(false) {
+            if self.crm_approval.contains_key(target) {
                 routed.to_crm = true;
             }
             let mut headers =

@@ -30,9 +30,14 @@ pub struct Route {
 impl Route {
     /// The lane key's value in `record`, as text (numbers are stringified; missing → no lane).
     pub fn lane(&self, record: &Value) -> Option<String> {
-        let path = self.lane_key.as_ref()?;
-        let mut cur = record;
-        for seg in path {
+        self.lane_in(record.as_object()?)
+    }
+
+    /// [`Route::lane`] of a record held as a map (no copy into a `Value` needed).
+    pub fn lane_in(&self, record: &serde_json::Map<String, Value>) -> Option<String> {
+        let (first, rest) = self.lane_key.as_ref()?.split_first()?;
+        let mut cur = record.get(first)?;
+        for seg in rest {
             cur = cur.get(seg)?;
         }
         match cur {

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::Router;
@@ -578,6 +579,49 @@ async fn over_a_real_socket_oversize_bodies_still_get_their_413() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    server.abort();
+}
+
+/// A client that sends its whole body before reading the answer (curl, most HTTP libraries on a
+/// slow link) must still get the refusal, not a connection reset: the hub reads on and discards
+/// what it refused instead of closing on unread bytes.
+#[tokio::test]
+async fn a_client_sending_a_refused_body_to_the_end_still_reads_the_refusal() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let inbox = Arc::new(FakeInbox::new());
+    let app = router(config(), inbox.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    let body_len = 32 * 1024 * 1024;
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {PATH_LEADS} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {JSON}\r\n\
+         Content-Length: {body_len}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 1024 * 1024];
+    for i in 0..body_len / chunk.len() {
+        conn.write_all(&chunk)
+            .await
+            .unwrap_or_else(|e| panic!("the hub broke off after {i} MiB of the body: {e}"));
+    }
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .expect("the answer is readable");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("missing X-Api-Key header"), "{answer}");
+    assert!(inbox.last_refusal().envelope.body.len() < body_len);
     server.abort();
 }
 

@@ -149,12 +149,23 @@ pub struct BodyRead {
     pub end: BodyEnd,
 }
 
+/// How long the rest of an over-limit body is read and discarded after the refusal, in total and
+/// between two frames (nginx's `lingering_time` / `lingering_timeout`).
+pub const LINGER_TOTAL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Reads a body frame by frame up to `limit`, keeping what arrived even when the body is too
 /// large or breaks off, so the refusal can be journaled with it (a tower limit layer would only
 /// say "too large").
+///
+/// The rest of a body over the limit is read and thrown away in the background while the
+/// refusal goes out. Closing a socket with unread bytes makes the kernel answer with a reset,
+/// and a client still sending then fails with "connection reset" before it has read the
+/// 413/401 that names its mistake; reading on (bounded by [`LINGER_TOTAL`]) lets it finish
+/// sending and read the answer.
 pub async fn read_bounded<B>(mut body: B, limit: usize) -> BodyRead
 where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
     B::Error: std::fmt::Display,
 {
     let mut buf = bytes::BytesMut::new();
@@ -181,6 +192,7 @@ where
                 let room = limit - buf.len();
                 if data.len() > room {
                     buf.extend_from_slice(&data[..room]);
+                    tokio::spawn(linger(body));
                     return BodyRead {
                         bytes: buf.freeze(),
                         end: BodyEnd::TooLarge,
@@ -190,4 +202,22 @@ where
             }
         }
     }
+}
+
+/// Reads and discards what is left of a refused body, until it ends, breaks, idles for
+/// [`LINGER_IDLE`] or [`LINGER_TOTAL`] has passed.
+async fn linger<B>(mut body: B)
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    let drain = async {
+        loop {
+            let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx));
+            match tokio::time::timeout(LINGER_IDLE, frame).await {
+                Ok(Some(Ok(_))) => {}
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TOTAL, drain).await;
 }

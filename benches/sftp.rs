@@ -98,11 +98,6 @@ async fn run(rows: usize) -> Figures {
             &sftp::POLLED_ON_REQUEST,
         ));
     }
-    // Batches applied straight to the CRM store (off by default for now).
-    env.push((
-        "SYNCHUB__ENDPOINTS__OSM_VEHICLES_SFTP_IN__DIRECT_APPLY".into(),
-        "true".into(),
-    ));
     let hub = BenchHub::start(dir.path(), &env).await;
     let pool = hub.store.pool().clone();
     let client = reqwest::Client::new();

@@ -143,6 +143,10 @@ pub(crate) async fn write(
             return Ok(Done::Duplicate { first, refused });
         }
     }
+    let unit_ref = span_ref(
+        rows.first().and_then(|r| r.source_ref.as_deref()),
+        rows.last().and_then(|r| r.source_ref.as_deref()),
+    );
     let blocked = open_lanes(conn, &target, &rows).await?;
     let rules: Vec<Option<journal::IdRule>> =
         rows.iter().map(|r| id_rule(&record_type, &r.rec)).collect();
@@ -282,6 +286,7 @@ pub(crate) async fn write(
     let mut unit = Pipeline::transport_message(&env, "accepted", None);
     unit.record_type = Some(record_type.clone());
     unit.routes = vec![route];
+    unit.source_ref = unit_ref;
     journal::insert_message(conn, &unit).await?;
     unit_keys.sort();
     unit_keys.dedup();
@@ -291,6 +296,20 @@ pub(crate) async fn write(
         outcomes: outcomes.into_iter().map(|(_, o)| o).collect(),
         queued: queued > 0,
     })
+}
+
+/// The source reference of a batch from those of its first and last rows: `f.csv@ab12cd34:2-501`
+/// when they share the part before the line (a file's rows), else `first..last`. Searching a
+/// row's key finds the batch, and this says which file and lines it holds.
+fn span_ref(first: Option<&str>, last: Option<&str>) -> Option<String> {
+    let (first, last) = (first?, last.unwrap_or_default());
+    if first == last || last.is_empty() {
+        return Some(first.to_owned());
+    }
+    match (first.rsplit_once(':'), last.rsplit_once(':')) {
+        (Some((a, from)), Some((b, to))) if a == b => Some(format!("{a}:{from}-{to}")),
+        _ => Some(format!("{first}..{last}")),
+    }
 }
 
 /// An applied row's business keys, which the unit is found by (VIN, owner's mobile, dealer).
@@ -553,4 +572,26 @@ pub(crate) async fn accept(
         message_id: unit_id,
         records: verdicts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::span_ref;
+
+    #[test]
+    fn a_batch_is_named_by_its_file_and_line_span() {
+        assert_eq!(
+            span_ref(Some("v.csv@ab12cd34:2"), Some("v.csv@ab12cd34:501")).as_deref(),
+            Some("v.csv@ab12cd34:2-501")
+        );
+        assert_eq!(
+            span_ref(Some("v.csv@ab12cd34:7"), Some("v.csv@ab12cd34:7")).as_deref(),
+            Some("v.csv@ab12cd34:7")
+        );
+        assert_eq!(
+            span_ref(Some("WEB-1"), Some("WEB-9")).as_deref(),
+            Some("WEB-1..WEB-9")
+        );
+        assert_eq!(span_ref(None, Some("x")), None);
+    }
 }

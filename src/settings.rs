@@ -676,7 +676,7 @@ pub struct SftpEndpoint {
     #[serde(default)]
     pub nest_prefixes: Vec<String>,
     /// `in`: apply each batch of rows to the CRM store in the transaction that journals it
-    /// (default false), when the rows' only route takes them to a CRM store endpoint with no
+    /// (default true), when the rows' only route takes them to a CRM store endpoint with no
     /// mapping and no `when`. The batch is one journaled message, found by every row's VIN,
     /// mobile and `source_ref`; rows that cannot apply yet are journaled one by one and wait like
     /// live traffic. `false` journals one record and one CRM delivery per row.

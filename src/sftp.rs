@@ -718,7 +718,7 @@ impl SftpEndpoints {
             )))),
             Direction::In => {
                 let mut inbox = SftpInbox::new(pipeline.clone(), s.nest_prefixes.clone());
-                if s.direct_apply.unwrap_or(false) {
+                if s.direct_apply.unwrap_or(true) {
                     inbox = inbox.with_direct(pipeline);
                 }
                 let inbox: Arc<dyn Inbox> = Arc::new(inbox);

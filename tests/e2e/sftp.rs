@@ -247,9 +247,25 @@ async fn gb18030_dealer_file_lands_in_the_crm_store_and_only_headquarters_polls(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_vehicles_with_three_bad_vins_give_997_vehicles_and_3_rejections_by_line() {
+    thousand_vehicles_three_bad(true).await;
+}
+
+/// The same file with `direct_apply = false`: one record and one CRM delivery per row, applied
+/// by the dispatcher, with the same result.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_direct_apply_off_the_same_file_goes_row_by_row_through_the_dispatcher() {
+    thousand_vehicles_three_bad(false).await;
+}
+
+async fn thousand_vehicles_three_bad(direct: bool) {
     let fx = SshdFixture::start();
     let dir = "outbound/vehicles";
-    let hub = spawn(Backend::Sqlite, &enable(&fx, VEHICLES, dir)).await;
+    let mut env = enable(&fx, VEHICLES, dir);
+    env.push((
+        "SYNCHUB__ENDPOINTS__OSM_VEHICLES_SFTP_IN__DIRECT_APPLY".into(),
+        direct.to_string(),
+    ));
+    let hub = spawn(Backend::Sqlite, &env).await;
     let (text, bad_lines) = vehicle_file(1, 1000, &[10, 500, 998]);
     std::fs::write(fx.path(&format!("{dir}/VEHICLE_20261125.csv")), &text).unwrap();
 
@@ -289,6 +305,33 @@ async fn a_thousand_vehicles_with_three_bad_vins_give_997_vehicles_and_3_rejecti
         .get(&format!("/api/v1/vehicles/{}", vin(1, 10, false)), ADMIN)
         .await;
     assert_eq!(s, 404, "a bad VIN is not stored");
+
+    // Searching a good VIN finds what carried it: the batch (its span of lines) when applied
+    // straight through, the row's own record otherwise.
+    let (_, found) = hub
+        .get(&format!("/api/v1/messages?key={good}"), ADMIN)
+        .await;
+    let carriers: Vec<&str> = found["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["source_ref"].as_str())
+        .filter(|r| r.starts_with("VEHICLE_20261125.csv@"))
+        .collect();
+    assert!(!carriers.is_empty(), "{found}");
+    let kinds: Vec<&str> = found["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["kind"].as_str())
+        .collect();
+    if direct {
+        assert!(carriers.iter().any(|r| r.contains('-')), "{found}");
+        assert!(!kinds.contains(&"record"), "applied, not queued: {found}");
+    } else {
+        assert!(carriers.iter().any(|r| r.ends_with(":13")), "{found}");
+        assert!(kinds.contains(&"record"), "{found}");
+    }
 
     // The operator finds the three rejections, each with its line and the reason.
     let (s, r) = hub

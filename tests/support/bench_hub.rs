@@ -15,7 +15,9 @@ pub(crate) struct BenchHub {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// The store URL and listen address every benchmark hub uses, then `extra` (later wins).
+/// The store URL and listen address every benchmark hub uses, then `extra`, then the bench
+/// process's own `SYNCHUB__*` variables (later wins), so a setting can be tried without an edit:
+/// `SYNCHUB__ENDPOINTS__OSM_VEHICLES_SFTP_IN__BATCH_SIZE=2000 cargo bench --bench sftp`.
 pub(crate) fn hub_env(root: &Path, extra: &[(String, String)]) -> Vec<(String, String)> {
     let mut env = vec![
         (
@@ -28,6 +30,7 @@ pub(crate) fn hub_env(root: &Path, extra: &[(String, String)]) -> Vec<(String, S
         ),
     ];
     env.extend(extra.iter().cloned());
+    env.extend(std::env::vars().filter(|(k, _)| k.starts_with("SYNCHUB__")));
     env
 }
 

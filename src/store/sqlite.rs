@@ -35,9 +35,10 @@ pub struct SqliteBackend {
 }
 
 /// Pragmas for every connection. `synchronous = FULL` in WAL mode: a commit is on disk when it
-/// returns, so a 202 survives power loss, not only a process crash.
+/// returns, so a 202 survives power loss, not only a process crash. 16 MiB of page cache per
+/// writer connection: enough for the hot index pages; a bigger cache only grew the hub with its data.
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
-                       PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -32768;";
+                       PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;";
 
 /// Added to the writer's pragmas when a checkpointer thread runs: the writer never checkpoints.
 const NO_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 0;";
@@ -78,10 +79,11 @@ impl SqliteBackend {
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| {
                 Box::pin(async move {
-                    // 8 MiB of page cache per reader (up to 8 of them): an extract scanning the
-                    // whole change log filled a 32 MiB cache and took the hub past 100 MB; the
+                    // 2 MiB of page cache per reader (up to 8 of them): a reader's cache fills
+                    // with every page a scan touches (an extract, a count over a big table) and
+                    // stays full, so reader caches grew the hub with the size of its data; the
                     // operating system's page cache holds the file anyway.
-                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA query_only = ON; PRAGMA cache_size = -8192;")
+                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA query_only = ON; PRAGMA cache_size = -2048;")
                         .await?;
                     Ok(())
                 })

@@ -40,16 +40,6 @@ pub struct SqliteBackend {
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
                        PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;";
 
-/// Added to the writer's pragmas when a checkpointer thread runs: the writer never checkpoints.
-const NO_AUTOCHECKPOINT: &str = "PRAGMA wal_autocheckpoint = 0;";
-
-/// How often the checkpointer copies committed pages from the WAL into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// WAL size (pages) past which the checkpointer waits for the writer and truncates the WAL:
-/// passive checkpoints under unbroken write load may never find a moment to rewind it.
-const WAL_TRUNCATE_PAGES: i64 = 16_384;
-
 impl SqliteBackend {
     pub async fn open(url: &str) -> Result<SqliteBackend, StoreError> {
         let url = ensure_create_mode(url);
@@ -64,10 +54,6 @@ impl SqliteBackend {
         let opts = AnyConnectOptions::from_str(&url)?.disable_statement_logging();
         let mut writer = AnyConnection::connect_with(&opts).await?;
         writer.execute(PRAGMAS).await?;
-        let checkpointed = file_path(&url).is_some();
-        if checkpointed {
-            writer.execute(NO_AUTOCHECKPOINT).await?;
-        }
         MIGRATOR
             .run(&mut writer)
             .await
@@ -91,17 +77,10 @@ impl SqliteBackend {
             .connect_with(opts)
             .await?;
 
-        let (lite, checkpointer) = match file_path(&url) {
-            Some(path) => (
-                Some(LiteConn::open(
-                    &path,
-                    &format!("{PRAGMAS} {NO_AUTOCHECKPOINT}"),
-                )?),
-                Some(start_checkpointer(&path)?),
-            ),
-            None => (None, None),
+        let lite = match file_path(&url) {
+            Some(path) => Some(LiteConn::open(&path, PRAGMAS)?),
+            None => None,
         };
-        debug_assert_eq!(checkpointed, checkpointer.is_some());
 
         let (tx, rx) = mpsc::channel::<Job>(8192);
         // The writer runs on a thread and runtime of its own. Every statement is a round trip to
@@ -116,10 +95,6 @@ impl SqliteBackend {
             .name("store-writer".into())
             .spawn(move || {
                 runtime.block_on(writer_loop(Writer { any: writer, lite }, rx));
-                // The checkpointer's last pass runs after the last commit, before "stopped".
-                if let Some(c) = checkpointer {
-                    c.stop();
-                }
                 let _ = stopped_tx.send(());
             })
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
@@ -128,68 +103,6 @@ impl SqliteBackend {
             jobs: std::sync::Mutex::new(Some(tx)),
             writer: Mutex::new(Some(stopped)),
         })
-    }
-}
-
-/// Starts the thread that checkpoints the WAL, so the writer's commits never include copying
-/// pages into the database file (SQLite's automatic checkpoint runs inside the commit that
-/// crosses its threshold: a tenth of the writer's time under load, on the one thread that
-/// cannot be parallelised).
-fn start_checkpointer(path: &str) -> Result<Checkpointer, StoreError> {
-    let conn = rusqlite::Connection::open(path)?;
-    conn.execute_batch("PRAGMA busy_timeout = 10000;")?;
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("store-checkpoint".into())
-        .spawn(move || {
-            loop {
-                let last = matches!(
-                    rx.recv_timeout(CHECKPOINT_EVERY),
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
-                );
-                checkpoint(&conn, last);
-                if last {
-                    return;
-                }
-            }
-        })
-        .map_err(|e| StoreError::Unavailable(format!("cannot start the checkpointer: {e}")))?;
-    Ok(Checkpointer { tx, thread })
-}
-
-struct Checkpointer {
-    tx: std::sync::mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Checkpointer {
-    /// Runs the last pass and waits for it.
-    fn stop(self) {
-        drop(self.tx);
-        let _ = self.thread.join();
-    }
-}
-
-/// One pass: a passive checkpoint (never waits, never blocks the writer), then a truncating one
-/// when the WAL has grown past [`WAL_TRUNCATE_PAGES`] or this is the last pass. A failure (disk
-/// full) is logged and retried next pass: the commits themselves are safe in the WAL.
-fn checkpoint(conn: &rusqlite::Connection, last: bool) {
-    let run = |mode: &str| {
-        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            r.get::<_, i64>(1)
-        })
-    };
-    let wal_pages = match run("PASSIVE") {
-        Ok(pages) => pages,
-        Err(e) => {
-            tracing::warn!(error = %e, "WAL checkpoint failed; retrying.");
-            return;
-        }
-    };
-    if (last || wal_pages > WAL_TRUNCATE_PAGES)
-        && let Err(e) = run("TRUNCATE")
-    {
-        tracing::warn!(error = %e, wal_pages, "WAL truncation failed; retrying.");
     }
 }
 

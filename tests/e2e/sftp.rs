@@ -311,20 +311,14 @@ async fn thousand_vehicles_three_bad(direct: bool) {
     let (_, found) = hub
         .get(&format!("/api/v1/messages?key={good}"), ADMIN)
         .await;
-    let carriers: Vec<&str> = found["messages"]
-        .as_array()
-        .unwrap()
+    let messages = found["messages"].as_array().unwrap();
+    let carriers: Vec<&str> = messages
         .iter()
         .filter_map(|m| m["source_ref"].as_str())
         .filter(|r| r.starts_with("VEHICLE_20261125.csv@"))
         .collect();
     assert!(!carriers.is_empty(), "{found}");
-    let kinds: Vec<&str> = found["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["kind"].as_str())
-        .collect();
+    let kinds: Vec<&str> = messages.iter().filter_map(|m| m["kind"].as_str()).collect();
     if direct {
         assert!(carriers.iter().any(|r| r.contains('-')), "{found}");
         assert!(!kinds.contains(&"record"), "applied, not queued: {found}");

@@ -539,12 +539,8 @@ async fn peer_address_is_recorded_when_the_server_provides_it() {
     );
 }
 
-#[tokio::test]
-async fn over_a_real_socket_oversize_bodies_still_get_their_413() {
-    let mut cfg = config();
-    cfg.max_body_bytes = 1000;
-    let inbox = Arc::new(FakeInbox::new());
-    let app = router(cfg, inbox.clone());
+/// Serves `app` on a free loopback port, with the peer address the hub records.
+async fn serve(app: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -555,6 +551,16 @@ async fn over_a_real_socket_oversize_bodies_still_get_their_413() {
         .await
         .unwrap();
     });
+    (addr, server)
+}
+
+#[tokio::test]
+async fn over_a_real_socket_oversize_bodies_still_get_their_413() {
+    let mut cfg = config();
+    cfg.max_body_bytes = 1000;
+    let inbox = Arc::new(FakeInbox::new());
+    let app = router(cfg, inbox.clone());
+    let (addr, server) = serve(app).await;
     let client = reqwest::Client::new();
     let url = format!("http://{addr}{PATH_LEADS}");
     let resp = client
@@ -590,16 +596,7 @@ async fn a_client_sending_a_refused_body_to_the_end_still_reads_the_refusal() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let inbox = Arc::new(FakeInbox::new());
     let app = router(config(), inbox.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let (addr, server) = serve(app).await;
     let body_len = 32 * 1024 * 1024;
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(

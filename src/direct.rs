@@ -218,14 +218,16 @@ pub(crate) async fn write(
         (pos, out)
     };
     let mut queued = 0usize;
-    for ((pos, r, id, _), result) in direct.into_iter().zip(results) {
+    let mut applied_refs: Vec<String> = Vec::new();
+    for ((pos, mut r, id, _), result) in direct.into_iter().zip(results) {
         let dealer = crm::str_field(&r.rec, "dealer_code");
         match result {
             Ok(a) => {
                 applied += 1;
                 tally.message([route.as_str()], dealer.as_deref(), received_at, false);
                 tally.outcome(&route, dealer.as_deref(), received_at, "delivered");
-                collect_row_keys(&r, id.as_deref(), &record_type, &mut unit_keys);
+                collect_row_keys(&r, &mut unit_keys);
+                applied_refs.extend(r.source_ref.take());
                 queued += a.events.len();
                 later.extend(a.events.iter().map(|ev| {
                     pipeline.prepare_event(env.id, env.correlation_id.clone(), &target, ev)
@@ -288,6 +290,7 @@ pub(crate) async fn write(
     unit.routes = vec![route];
     unit.source_ref = unit_ref;
     journal::insert_message(conn, &unit).await?;
+    ref_keys(applied_refs, &mut unit_keys);
     unit_keys.sort();
     unit_keys.dedup();
     journal::insert_keys_of(conn, &[(unit.id, &unit_keys[..])]).await?;
@@ -313,23 +316,38 @@ fn span_ref(first: Option<&str>, last: Option<&str>) -> Option<String> {
 }
 
 /// An applied row's business keys, which the unit is found by (VIN, owner's mobile, dealer).
-fn collect_row_keys(
-    r: &Row,
-    id: Option<&str>,
-    record_type: &str,
-    out: &mut Vec<(&'static str, String)>,
-) {
-    // `rec` was given up to the CRM store for everything but vehicles; its keys are then those
-    // of the id and the source reference.
-    if r.rec.is_empty() {
-        if let Some(id) = id {
-            out.push((journal::entity_key_kind(Some(record_type)), id.to_owned()));
-        }
-    } else {
+fn collect_row_keys(r: &Row, out: &mut Vec<(&'static str, String)>) {
+    // `rec` was given up to the CRM store for everything but vehicles. Such a row's id needs no
+    // key: the record's change history names this unit, and a search by id reads the history.
+    if !r.rec.is_empty() {
         crate::pipeline::collect_map_keys(&r.rec, out);
     }
-    if let Some(s) = &r.source_ref {
-        out.push(("source_ref", s.clone()));
+}
+
+/// The applied rows' source references as keys: one line span when they are lines of one file
+/// (`<prefix>:<line>`), else one key each.
+fn ref_keys(refs: Vec<String>, out: &mut Vec<(&'static str, String)>) {
+    let mut span: Option<(&str, u64, u64)> = None;
+    let one_file = refs
+        .iter()
+        .all(|r| match (journal::line_ref(r), &mut span) {
+            (Some((p, n)), None) => {
+                span = Some((p, n, n));
+                true
+            }
+            (Some((p, n)), Some((q, lo, hi))) if p == *q => {
+                *lo = (*lo).min(n);
+                *hi = (*hi).max(n);
+                true
+            }
+            _ => false,
+        });
+    match span {
+        Some((prefix, first, last)) if one_file && refs.len() > 1 => {
+            let key = journal::span_key(prefix, first, last);
+            out.push((journal::SPAN_KIND, key));
+        }
+        _ => out.extend(refs.into_iter().map(|r| ("source_ref", r))),
     }
 }
 
@@ -576,7 +594,7 @@ pub(crate) async fn accept(
 
 #[cfg(test)]
 mod tests {
-    use super::span_ref;
+    use super::{ref_keys, span_ref};
 
     #[test]
     fn a_batch_is_named_by_its_file_and_line_span() {
@@ -593,5 +611,38 @@ mod tests {
             Some("WEB-1..WEB-9")
         );
         assert_eq!(span_ref(None, Some("x")), None);
+    }
+
+    fn keys_of(refs: &[&str]) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        ref_keys(refs.iter().map(|r| r.to_string()).collect(), &mut out);
+        out
+    }
+
+    #[test]
+    fn the_lines_of_one_file_are_one_span_key_and_other_references_one_key_each() {
+        assert_eq!(
+            keys_of(&["v.csv@ab12cd34:9", "v.csv@ab12cd34:2", "v.csv@ab12cd34:501"]),
+            vec![(
+                "source_span",
+                "v.csv@ab12cd34@lines:000000000002-000000000501".to_owned()
+            )]
+        );
+        assert_eq!(
+            keys_of(&["v.csv@ab12cd34:2"]),
+            vec![("source_ref", "v.csv@ab12cd34:2".to_owned())],
+            "a single line keeps its own key"
+        );
+        assert_eq!(
+            keys_of(&["a.csv@00000000:2", "b.csv@11111111:3"]),
+            vec![
+                ("source_ref", "a.csv@00000000:2".to_owned()),
+                ("source_ref", "b.csv@11111111:3".to_owned())
+            ],
+            "two files"
+        );
+        assert_eq!(keys_of(&["WEB-1", "WEB-2"]).len(), 2, "not lines of a file");
+        assert_eq!(keys_of(&["x:1", "x:1a"]).len(), 2, "not a line number");
+        assert!(keys_of(&[]).is_empty());
     }
 }

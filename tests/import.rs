@@ -278,6 +278,44 @@ async fn a_dirty_gb18030_customer_file_is_reported_row_for_row_and_imported_once
     ] {
         assert!(unit_body.contains(line), "{line} not in {unit_body}");
     }
+    // The operator's search finds that batch by the customer's id (through its history) and by
+    // the source_ref of any line the batch holds (through the batch's line span).
+    let search = |key: String| {
+        let store = store.clone();
+        async move {
+            let s = synchub::store::queries::Search {
+                key: Some(key),
+                limit: 50,
+                ..Default::default()
+            };
+            synchub::store::queries::search_messages(store.pool(), &s)
+                .await
+                .unwrap()
+        }
+    };
+    let found = search(wang_id.clone()).await;
+    let unit = found
+        .iter()
+        .find(|m| m["endpoint"] == "legacy_import" && m["kind"] == "transport")
+        .unwrap_or_else(|| panic!("{wang_id} finds no import batch: {found:?}"));
+    let span = unit["source_ref"].as_str().unwrap().to_owned();
+    let (prefix, lines) = span.rsplit_once(':').unwrap();
+    let (first, last) = lines.split_once('-').unwrap();
+    for line in [first, last] {
+        let found = search(format!("{prefix}:{line}")).await;
+        assert!(
+            found.iter().any(|m| m["id"] == unit["id"]),
+            "line {line} of {span}: {found:?}"
+        );
+    }
+    let past: u64 = last.parse::<u64>().unwrap() + 1;
+    assert!(
+        !search(format!("{prefix}:{past}"))
+            .await
+            .iter()
+            .any(|m| m["id"] == unit["id"]),
+        "line {past} is not in {span}"
+    );
     let rejected_journaled = "SELECT COUNT(*) FROM messages WHERE endpoint = 'legacy_import' AND kind = 'record' AND status = 'rejected'";
     assert_eq!(
         scalar(&store, rejected_journaled).await,

@@ -713,6 +713,36 @@ pub async fn commit_staged(
     Ok(verdicts)
 }
 
+/// Key kind of a batch's line span: one key for the rows of a file applied in one transaction,
+/// instead of one `source_ref` key per row (the per-row keys were the largest share of a bulk
+/// batch's writes, and their unpadded line numbers landed all over the key index).
+pub(crate) const SPAN_KIND: &str = "source_span";
+
+/// The span key of lines `first..=last` of the rows whose source references are
+/// `<prefix>:<line>`. Zero-padded so that spans sort by their first line, and kept out of the
+/// per-row references' range (`@lines:`), so a search seeks one span without scanning rows.
+pub(crate) fn span_key(prefix: &str, first: u64, last: u64) -> String {
+    format!("{}{first:012}-{last:012}", span_base(prefix))
+}
+
+/// What every span key of the lines of `prefix` starts with.
+pub(crate) fn span_base(prefix: &str) -> String {
+    format!("{prefix}@lines:")
+}
+
+/// A row's source reference `<prefix>:<line>` split; `None` for references of another shape.
+pub(crate) fn line_ref(source_ref: &str) -> Option<(&str, u64)> {
+    let (prefix, line) = source_ref.rsplit_once(':')?;
+    if prefix.is_empty()
+        || line.is_empty()
+        || line.len() > 12
+        || !line.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    Some((prefix, line.parse().ok()?))
+}
+
 /// Which business-key kind the hub-assigned id of a record type is searched by.
 pub(crate) fn entity_key_kind(record_type: Option<&str>) -> &'static str {
     match record_type {

@@ -75,7 +75,7 @@ pub async fn search_messages(pool: &AnyPool, s: &Search) -> Result<Vec<Value>, S
     };
     if let Some(key) = &s.key {
         let k = key.trim().to_string();
-        let a = p(&mut binds, Bind::Text(k));
+        let a = p(&mut binds, Bind::Text(k.clone()));
         // Every way a key can name a message is an indexed lookup of its own, and their union
         // is a handful of ids; an OR over the columns let the planner scan the whole journal.
         // The id the hub gave a record is one of its keys (see `journal::commit_staged`).
@@ -93,11 +93,40 @@ pub async fn search_messages(pool: &AnyPool, s: &Search) -> Result<Vec<Value>, S
         } else {
             String::new()
         };
+        // A row of a file applied in a batch is found by its batch's line span (one key per
+        // batch, see `journal::span_key`): the span with the greatest first line not after the
+        // row's, if its last line is not before it. Equality and digit-only comparisons decide,
+        // so the answer does not depend on how the database's collation orders punctuation.
+        let span = match super::journal::line_ref(&k) {
+            Some((prefix, line)) => {
+                let base = super::journal::span_base(prefix);
+                let lo = p(&mut binds, Bind::Text(base.clone()));
+                let hi = p(
+                    &mut binds,
+                    Bind::Text(format!("{base}{line:012}-999999999999")),
+                );
+                // A literal: PostgreSQL has no substr(text, bigint, bigint) for a bound integer.
+                let len = base.len();
+                let at = p(&mut binds, Bind::Text(format!("{line:012}")));
+                format!(
+                    " UNION ALL SELECT message_id AS id FROM message_keys WHERE kind = '{kind}' \
+                     AND value = (SELECT value FROM message_keys WHERE value >= {lo} \
+                     AND value <= {hi} AND kind = '{kind}' AND substr(value, 1, {len}) = {lo} \
+                     ORDER BY value DESC LIMIT 1) AND substr(value, length(value) - 11) >= {at}",
+                    kind = super::journal::SPAN_KIND
+                )
+            }
+            None => String::new(),
+        };
+        // A record applied in a batch has no key of its own: its change history names the
+        // messages that wrote it.
         sql.push_str(&format!(
             " AND m.id IN (SELECT id FROM (SELECT DISTINCT message_id AS id FROM message_keys \
              WHERE value = {a}{newest}) AS k \
+             UNION ALL SELECT id FROM (SELECT DISTINCT message_id AS id FROM change_history \
+             WHERE entity IN ({ENTITIES}) AND entity_id = {a} AND message_id IS NOT NULL{newest}) AS h \
              UNION ALL SELECT id FROM messages WHERE id = {a} \
-             UNION ALL SELECT id FROM (SELECT id FROM messages WHERE parent_id = {a}{newest}) AS c)"
+             UNION ALL SELECT id FROM (SELECT id FROM messages WHERE parent_id = {a}{newest}) AS c{span})"
         ));
     }
     if let Some(v) = &s.status {
@@ -136,6 +165,10 @@ pub async fn search_messages(pool: &AnyPool, s: &Search) -> Result<Vec<Value>, S
     let rows = q.fetch_all(pool).await?;
     rows.iter().map(message_summary).collect()
 }
+
+/// The CRM store's entities, as the change history names them (its index leads with the entity).
+const ENTITIES: &str =
+    "'customer','vehicle','dealer','lead','lead_result','campaign','campaign_result'";
 
 enum Bind {
     Text(String),

@@ -8,11 +8,15 @@ use serde_json::Value;
 
 #[path = "../support/amqp.rs"]
 mod amqp;
+#[path = "../support/lines.rs"]
+mod lines;
 #[path = "../support/sftp.rs"]
 mod sftp_support;
 #[path = "../support/tree.rs"]
 mod tree;
 #[allow(unused_imports)] // the corpus tests include this file and use only part of it
+#[allow(unused_imports)]
+pub(crate) use lines::lines_found;
 pub(crate) use sftp_support::{POLLED_ON_REQUEST, sftp_endpoint_env};
 use synchub::app::Application;
 use synchub::settings::{Profile, Settings};

@@ -79,12 +79,11 @@ async fn endpoint(hub: &TestHub, id: &str) -> Value {
 }
 
 /// Counts the distinct rows (file, content hash, line) the journal finds among the messages of
-/// `endpoint`: applied rows through their batch, the others as records of their own.
-fn rows_found_by_source_ref(endpoint: &str) -> String {
-    format!(
-        "SELECT COUNT(DISTINCT k.value) FROM message_keys k JOIN messages m ON m.id = k.message_id \
-         WHERE k.kind = 'source_ref' AND m.endpoint = '{endpoint}'"
-    )
+/// `endpoint`: applied rows through their batch's line span, the others as records of their own.
+async fn rows_found_by_source_ref(pool: &sqlx::AnyPool, endpoint: &str) -> i64 {
+    lines_found(pool, &format!("m.endpoint = '{endpoint}'"))
+        .await
+        .0 as i64
 }
 
 async fn scalar(pool: &sqlx::AnyPool, sql: &str) -> i64 {
@@ -322,6 +321,36 @@ async fn thousand_vehicles_three_bad(direct: bool) {
     if direct {
         assert!(carriers.iter().any(|r| r.contains('-')), "{found}");
         assert!(!kinds.contains(&"record"), "applied, not queued: {found}");
+        // A row's own source_ref finds the batch holding its line; a line past the batch does not.
+        let span = carriers.iter().find(|r| r.contains('-')).unwrap();
+        let (prefix, lines) = span.rsplit_once(':').unwrap();
+        let last: u64 = lines.split_once('-').unwrap().1.parse().unwrap();
+        let by_ref = |line: u64| {
+            let hub = &hub;
+            let key = format!("{prefix}:{line}");
+            async move {
+                let (s, v) = hub.get(&format!("/api/v1/messages?key={key}"), ADMIN).await;
+                assert_eq!(s, 200, "{v}");
+                v["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|m| m["source_ref"].as_str().map(str::to_owned))
+                    .collect::<Vec<String>>()
+            }
+        };
+        assert!(
+            by_ref(11).await.iter().any(|r| r == span),
+            "line 11 is in {span}"
+        );
+        assert!(
+            by_ref(last).await.iter().any(|r| r == span),
+            "the last line is in {span}"
+        );
+        assert!(
+            !by_ref(last + 1).await.iter().any(|r| r == span),
+            "past {span}"
+        );
     } else {
         assert!(carriers.iter().any(|r| r.ends_with(":13")), "{found}");
         assert!(kinds.contains(&"record"), "{found}");
@@ -755,7 +784,7 @@ async fn two_hubs_on_one_postgres_database_never_take_the_same_file() {
     let pool = a.store.pool();
     let total = i64::from(files) * 1000;
     assert_eq!(
-        scalar(pool, &rows_found_by_source_ref("osm_vehicles_sftp_in")).await,
+        rows_found_by_source_ref(pool, "osm_vehicles_sftp_in").await,
         total,
         "each row journaled once, findable by its file and line"
     );
@@ -891,7 +920,8 @@ async fn hub_killed_mid_file_resumes_after_restart_and_imports_every_row_once() 
     let base = format!("http://127.0.0.1:{port}");
     let mut child = start_binary(&root, port, &env);
     wait_ready(&base).await;
-    let db = sqlx::sqlite::SqlitePoolOptions::new()
+    sqlx::any::install_default_drivers();
+    let db = sqlx::any::AnyPoolOptions::new()
         .max_connections(1)
         .connect(&format!("sqlite://{}/data/hub.db?mode=ro", root.display()))
         .await
@@ -1004,7 +1034,7 @@ async fn hub_killed_mid_file_resumes_after_restart_and_imports_every_row_once() 
         rows
     );
     assert_eq!(
-        count(&rows_found_by_source_ref("osm_vehicles_sftp_in")).await,
+        rows_found_by_source_ref(&db, "osm_vehicles_sftp_in").await,
         rows,
         "every row journaled once, findable by its file and line"
     );

@@ -12,10 +12,13 @@ use serde_json::Value;
 #[path = "../support/amqp.rs"]
 mod amqp;
 pub(crate) use amqp::amqp_env;
+#[path = "../support/lines.rs"]
+mod lines;
 #[path = "../support/sftp.rs"]
 mod sftp_support;
 #[path = "../support/tree.rs"]
 mod tree;
+pub(crate) use lines::lines_found;
 pub(crate) use sftp_support::{POLLED_ON_REQUEST, sftp_endpoint_env};
 
 pub fn repo() -> PathBuf {

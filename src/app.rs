@@ -50,6 +50,8 @@ pub struct PurgeJob {
     store: Store,
     schedule: croner::Cron,
     retention_days: u32,
+    /// `0`: the extract change log is never compacted.
+    changes_retention_days: u32,
 }
 
 impl PurgeJob {
@@ -58,7 +60,14 @@ impl PurgeJob {
             store,
             schedule,
             retention_days,
+            changes_retention_days: 0,
         }
+    }
+
+    /// Also compacts the extract change log past `days` (see [`crate::extract::changes::compact`]).
+    pub fn with_changes_retention_days(mut self, days: u32) -> PurgeJob {
+        self.changes_retention_days = days;
+        self
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -90,7 +99,28 @@ impl PurgeJob {
                     tracing::warn!(error = %e, "Payload purge failed; it runs again at the next schedule.")
                 }
             }
+            match self.compact_changes_once().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    versions = n,
+                    days = self.changes_retention_days,
+                    "Compacted superseded versions out of the extract change log."
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Change-log compaction failed; it runs again at the next schedule.")
+                }
+            }
         }
+    }
+
+    /// Drops superseded CRM versions older than the change log's retention from the extract
+    /// change log; nothing when the retention is 0.
+    pub async fn compact_changes_once(&self) -> Result<u64, crate::store::StoreError> {
+        if self.changes_retention_days == 0 {
+            return Ok(0);
+        }
+        let cutoff = crate::store::now_ms() - i64::from(self.changes_retention_days) * 86_400_000;
+        crate::extract::changes::compact(&self.store, cutoff).await
     }
 
     /// Empties the bodies of messages older than the retention period whose deliveries are all
@@ -420,7 +450,8 @@ impl Application {
             crate::settings::parse_cron(&settings.store.purge_schedule)
                 .map_err(|e| anyhow!("store.purge_schedule: {e}"))?,
             settings.store.payload_retention_days,
-        );
+        )
+        .with_changes_retention_days(settings.store.changes_retention_days);
         Ok(Assembled {
             router,
             dispatcher,

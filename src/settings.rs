@@ -301,6 +301,11 @@ pub struct StoreSettings {
     /// journal row and its business keys stay).
     #[serde(default = "default_payload_retention_days")]
     pub payload_retention_days: u32,
+    /// Days every written version of a CRM record stays in the extract change log; older
+    /// versions a later change superseded are then compacted away by the purge job (the latest
+    /// version and tombstones stay). `0` keeps every version for ever.
+    #[serde(default = "default_changes_retention_days")]
+    pub changes_retention_days: u32,
     /// When the purge job runs: a 5-field cron expression (minute hour day month weekday),
     /// evaluated in UTC.
     #[serde(default = "default_purge_schedule")]
@@ -315,6 +320,10 @@ fn default_payload_retention_days() -> u32 {
     30
 }
 
+fn default_changes_retention_days() -> u32 {
+    90
+}
+
 fn default_purge_schedule() -> String {
     "30 3 * * *".to_owned()
 }
@@ -324,6 +333,7 @@ impl Default for StoreSettings {
         StoreSettings {
             url: default_store_url(),
             payload_retention_days: default_payload_retention_days(),
+            changes_retention_days: default_changes_retention_days(),
             purge_schedule: default_purge_schedule(),
         }
     }
@@ -335,6 +345,7 @@ impl fmt::Debug for StoreSettings {
         f.debug_struct("StoreSettings")
             .field("url", &redact_url(&self.url))
             .field("payload_retention_days", &self.payload_retention_days)
+            .field("changes_retention_days", &self.changes_retention_days)
             .field("purge_schedule", &self.purge_schedule)
             .finish()
     }

@@ -162,3 +162,74 @@ pub async fn horizon_waiting(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Rows of the log compacted per write transaction: short enough that live traffic and the
+/// extracts' horizon never wait long behind the compaction.
+const COMPACT_CHUNK: i64 = 5_000;
+
+/// Compacts the log: drops the upserts older than `before_ms` that a later change of the same
+/// record superseded (a newer version, or a tombstone), except rows a nightly push has not
+/// written yet. The latest version of every record and every tombstone stay, so an extract from
+/// cursor 0 still yields the whole current state; a window re-pulled from before `before_ms`
+/// may lack the intermediate versions. Returns the rows dropped.
+pub async fn compact(store: &crate::store::Store, before_ms: i64) -> Result<u64, StoreError> {
+    // Where each entity's slowest nightly push stands, read once: a push that advances meanwhile
+    // only makes more rows eligible, so the older figure is the safe one.
+    let pushed =
+        sqlx::query("SELECT entity, MIN(last_cursor) FROM extract_cursors GROUP BY entity")
+            .fetch_all(store.pool())
+            .await?;
+    let mut unpushed = Vec::new();
+    for r in pushed {
+        let (name, cursor): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+        if let Some(e) = super::ENTITIES.iter().find(|e| e.name == name) {
+            unpushed.push(format!("(entity = '{}' AND seq > {cursor})", e.store));
+        }
+    }
+    let unpushed = if unpushed.is_empty() {
+        String::new()
+    } else {
+        format!(" AND NOT ({})", unpushed.join(" OR "))
+    };
+    let (mut after, mut dropped) = (0i64, 0u64);
+    loop {
+        let unpushed = unpushed.clone();
+        let (last, n) = store
+            .write(move |c| {
+                Box::pin(async move {
+                    let last: Option<i64> = sqlx::query(
+                        "SELECT MAX(seq) FROM (SELECT seq FROM crm_changes WHERE seq > $1 \
+                         AND changed_at < $2 ORDER BY seq LIMIT $3) AS s",
+                    )
+                    .bind(after)
+                    .bind(before_ms)
+                    .bind(COMPACT_CHUNK)
+                    .fetch_one(&mut *c)
+                    .await?
+                    .try_get(0)?;
+                    let Some(last) = last else {
+                        return Ok((None, 0));
+                    };
+                    let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DELETE FROM crm_changes WHERE seq > $1 AND seq <= $2 AND changed_at < $3 \
+                         AND op = 'upsert' \
+                         AND NOT EXISTS (SELECT 1 FROM crm_records r WHERE r.entity = crm_changes.entity \
+                           AND r.id = crm_changes.entity_id AND r.version <= crm_changes.version){unpushed}"
+                    )))
+                    .bind(after)
+                    .bind(last)
+                    .bind(before_ms)
+                    .execute(&mut *c)
+                    .await?
+                    .rows_affected();
+                    Ok((Some(last), n))
+                })
+            })
+            .await?;
+        dropped += n;
+        match last {
+            Some(l) => after = l,
+            None => return Ok(dropped),
+        }
+    }
+}

@@ -1015,3 +1015,98 @@ async fn tombstones_for_merged_and_deleted_customers_sqlite() {
 async fn tombstones_for_merged_and_deleted_customers_postgres() {
     tombstones_for_merged_and_deleted_customers(Backend::Postgres).await;
 }
+
+/// The change log's compaction (the purge job, `store.changes_retention_days`): superseded
+/// versions past the retention go, the latest version of each record and every tombstone stay,
+/// byte for byte; rows a nightly push has not written yet stay too.
+async fn compaction_keeps_the_current_state_and_the_tombstones(backend: Backend) {
+    let hub = spawn(backend, &[]).await;
+    let ids = load(&hub, 0, 3).await;
+    // Customer 0 moved house (a second version), customer 2 erased (its upsert and a tombstone).
+    let mut moved = customer(0, "客户0");
+    moved["source_ref"] = json!("EXT-0000-moved");
+    moved["address"] = json!("越秀区中山五路1号");
+    let (s, r) = hub
+        .post_records("/api/v1/dms/customers", "demo-dms-D0001", &json!([moved]))
+        .await;
+    assert_eq!(s, 202, "{r}");
+    settle_crm(&hub).await;
+    let (s, r) = hub
+        .delete(&format!("/api/v1/customers/{}", ids[2]), ADMIN)
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let rows_of = |rows: &[Value], id: &str| -> Vec<Value> {
+        rows.iter()
+            .filter(|r| r["customer_id"] == id)
+            .cloned()
+            .collect()
+    };
+    let before = pull(&hub, "customers", Cred::Key(ETL)).await.rows();
+    assert_eq!(rows_of(&before, &ids[0]).len(), 2, "{before:?}");
+    assert_eq!(rows_of(&before, &ids[2]).len(), 2, "{before:?}");
+    let seq = |r: &Value| r["_seq"].as_i64().expect("_seq");
+    let first_of_0 = seq(&rows_of(&before, &ids[0])[0]);
+
+    // A nightly push that has written only the rows before customer 0's first version holds
+    // that version back, however old it is.
+    let now = chrono::Utc::now().timestamp_millis();
+    let set_cursor = |cursor: i64| {
+        hub.store.write(move |c| {
+            Box::pin(async move {
+                sqlx::query("DELETE FROM extract_cursors")
+                    .execute(&mut *c)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO extract_cursors (endpoint, entity, last_cursor, updated_at) \
+                     VALUES ('etl_sftp_out', 'customers', $1, $2)",
+                )
+                .bind(cursor)
+                .bind(now)
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            })
+        })
+    };
+    set_cursor(first_of_0 - 1).await.unwrap();
+    let future = now + 60_000;
+    synchub::extract::changes::compact(&hub.store, future)
+        .await
+        .unwrap();
+    let held = pull(&hub, "customers", Cred::Key(ETL)).await.rows();
+    assert_eq!(held, before, "nothing past the push's cursor goes");
+
+    set_cursor(seq(before.last().unwrap())).await.unwrap();
+    let dropped = synchub::extract::changes::compact(&hub.store, future)
+        .await
+        .unwrap();
+    assert_eq!(
+        dropped, 2,
+        "customer 0's first version and customer 2's upsert"
+    );
+    let after = pull(&hub, "customers", Cred::Key(ETL)).await.rows();
+    assert_eq!(
+        rows_of(&after, &ids[0]),
+        vec![rows_of(&before, &ids[0])[1].clone()],
+        "the latest version stays as it was"
+    );
+    assert_eq!(rows_of(&after, &ids[0])[0]["address"], "越秀区中山五路1号");
+    assert_eq!(
+        rows_of(&after, &ids[2]),
+        vec![rows_of(&before, &ids[2])[1].clone()],
+        "only the erasure's tombstone stays: no personal data of the erased customer"
+    );
+    assert_eq!(rows_of(&after, &ids[1]), rows_of(&before, &ids[1]));
+    assert!(after.iter().all(|r| before.contains(r)), "no row changes");
+    hub.stop().await;
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_current_state_and_the_tombstones_sqlite() {
+    compaction_keeps_the_current_state_and_the_tombstones(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn compaction_keeps_the_current_state_and_the_tombstones_postgres() {
+    compaction_keeps_the_current_state_and_the_tombstones(Backend::Postgres).await;
+}

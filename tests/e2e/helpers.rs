@@ -14,9 +14,10 @@ mod lines;
 mod sftp_support;
 #[path = "../support/tree.rs"]
 mod tree;
-#[allow(unused_imports)] // the corpus tests include this file and use only part of it
+// The corpus tests include this file and use only part of it.
 #[allow(unused_imports)]
 pub(crate) use lines::lines_found;
+#[allow(unused_imports)]
 pub(crate) use sftp_support::{POLLED_ON_REQUEST, sftp_endpoint_env};
 use synchub::app::Application;
 use synchub::settings::{Profile, Settings};

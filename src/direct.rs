@@ -320,17 +320,13 @@ fn collect_row_keys(r: &Row, out: &mut Vec<(&'static str, String)>) {
     // `rec` was given up to the CRM store for everything but vehicles. Such a row's id needs no
     // key: the record's change history names this unit, and a search by id reads the history.
     if !r.rec.is_empty() {
-        let start = out.len();
-        crate::pipeline::collect_map_keys(&r.rec, out);
+        let mut keys = Vec::new();
+        crate::pipeline::collect_map_keys(&r.rec, &mut keys);
         // The row's own line is found through the batch's span (`ref_keys`).
-        let mut i = start;
-        while i < out.len() {
-            if out[i].0 == "source_ref" && r.source_ref.as_deref() == Some(out[i].1.as_str()) {
-                out.swap_remove(i);
-            } else {
-                i += 1;
-            }
-        }
+        let own_line = |(kind, value): &(&str, String)| {
+            *kind == "source_ref" && r.source_ref.as_deref() == Some(value.as_str())
+        };
+        out.extend(keys.into_iter().filter(|k| !own_line(k)));
     }
 }
 

@@ -397,27 +397,14 @@ fn changed_at(ms: i64) -> String {
 
 /// Appends one row (with its line end) in `format`.
 pub fn render(entity: &Entity, format: Format, r: &ChangeRow, out: &mut String) {
-    if format == Format::Ndjson && splice_ndjson(entity, r, out) {
-        return;
-    }
-    let data: Map<String, Value> = serde_json::from_str(&r.data).unwrap_or_default();
     match format {
         Format::Ndjson => {
-            let mut o = Map::with_capacity(data.len() + 5);
-            o.insert("_seq".into(), r.seq.into());
-            o.insert("_op".into(), r.op.clone().into());
-            o.insert("_changed_at".into(), changed_at(r.changed_at).into());
-            o.insert("_version".into(), r.version.into());
-            o.insert(entity.id_field.into(), r.entity_id.clone().into());
-            for (k, v) in data {
-                if k != entity.id_field {
-                    o.insert(k, v);
-                }
+            if !splice_ndjson(entity, r, out) {
+                parsed_ndjson(entity, r, out);
             }
-            out.push_str(&Value::Object(o).to_string());
-            out.push('\n');
         }
         Format::Csv => {
+            let data: Map<String, Value> = serde_json::from_str(&r.data).unwrap_or_default();
             let meta = [
                 r.seq.to_string(),
                 r.op.clone(),
@@ -453,6 +440,24 @@ pub fn render(entity: &Entity, format: Format, r: &ChangeRow, out: &mut String) 
     }
 }
 
+/// The NDJSON line of any row: its data parsed, written again after the metadata and the id.
+fn parsed_ndjson(entity: &Entity, r: &ChangeRow, out: &mut String) {
+    let data: Map<String, Value> = serde_json::from_str(&r.data).unwrap_or_default();
+    let mut o = Map::with_capacity(data.len() + 5);
+    o.insert("_seq".into(), r.seq.into());
+    o.insert("_op".into(), r.op.clone().into());
+    o.insert("_changed_at".into(), changed_at(r.changed_at).into());
+    o.insert("_version".into(), r.version.into());
+    o.insert(entity.id_field.into(), r.entity_id.clone().into());
+    for (k, v) in data {
+        if k != entity.id_field {
+            o.insert(k, v);
+        }
+    }
+    out.push_str(&Value::Object(o).to_string());
+    out.push('\n');
+}
+
 /// The NDJSON line of a row whose stored data is a compact JSON object without the id field:
 /// the metadata and id written, then the stored members as they are. The store wrote the data
 /// with serde_json, so these are the bytes parsing and re-serialising would give (same member
@@ -460,14 +465,18 @@ pub fn render(entity: &Entity, format: Format, r: &ChangeRow, out: &mut String) 
 /// work. `false` (nothing written) for any other data; `render` then takes the general path.
 fn splice_ndjson(entity: &Entity, r: &ChangeRow, out: &mut String) -> bool {
     let d = r.data.as_str();
-    let quoted_id = format!("\"{}\"", entity.id_field);
-    if !(d.starts_with('{') && d.ends_with('}')) || d.contains(&quoted_id) {
+    let id = entity.id_field;
+    // The id field as a member name anywhere (nested too): the general path decides then.
+    let names_id = d
+        .match_indices(id)
+        .any(|(i, _)| d[..i].ends_with('"') && d[i + id.len()..].starts_with('"'));
+    if !(d.starts_with('{') && d.ends_with('}')) || names_id {
         return false;
     }
     use std::fmt::Write;
     let _ = write!(
         out,
-        "{{\"_seq\":{},\"_op\":{},\"_changed_at\":\"{}\",\"_version\":{},{quoted_id}:{}",
+        "{{\"_seq\":{},\"_op\":{},\"_changed_at\":\"{}\",\"_version\":{},\"{id}\":{}",
         r.seq,
         Value::String(r.op.clone()),
         changed_at(r.changed_at),
@@ -610,16 +619,9 @@ mod tests {
     fn a_spliced_ndjson_line_is_the_line_parsing_would_give() {
         let e = entity("customers").unwrap();
         let general = |r: &ChangeRow| {
-            // The general path: the data parsed and written again after the metadata.
-            let data: Map<String, Value> = serde_json::from_str(&r.data).unwrap();
-            let mut o = Map::new();
-            o.insert("_seq".into(), r.seq.into());
-            o.insert("_op".into(), r.op.clone().into());
-            o.insert("_changed_at".into(), changed_at(r.changed_at).into());
-            o.insert("_version".into(), r.version.into());
-            o.insert(e.id_field.into(), r.entity_id.clone().into());
-            o.extend(data.into_iter().filter(|(k, _)| k != e.id_field));
-            format!("{}\n", Value::Object(o))
+            let mut line = String::new();
+            parsed_ndjson(e, r, &mut line);
+            line
         };
         let base = ChangeRow {
             seq: 9,

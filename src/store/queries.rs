@@ -119,12 +119,17 @@ pub async fn search_messages(pool: &AnyPool, s: &Search) -> Result<Vec<Value>, S
             None => String::new(),
         };
         // A record applied in a batch has no key of its own: its change history names the
-        // messages that wrote it.
+        // messages that wrote it. The history's index leads with the entity: all are named.
+        let entities: Vec<String> = crate::extract::ENTITIES
+            .iter()
+            .map(|e| format!("'{}'", e.store))
+            .collect();
+        let entities = entities.join(",");
         sql.push_str(&format!(
             " AND m.id IN (SELECT id FROM (SELECT DISTINCT message_id AS id FROM message_keys \
              WHERE value = {a}{newest}) AS k \
              UNION ALL SELECT id FROM (SELECT DISTINCT message_id AS id FROM change_history \
-             WHERE entity IN ({ENTITIES}) AND entity_id = {a} AND message_id IS NOT NULL{newest}) AS h \
+             WHERE entity IN ({entities}) AND entity_id = {a} AND message_id IS NOT NULL{newest}) AS h \
              UNION ALL SELECT id FROM messages WHERE id = {a} \
              UNION ALL SELECT id FROM (SELECT id FROM messages WHERE parent_id = {a}{newest}) AS c{span})"
         ));
@@ -165,10 +170,6 @@ pub async fn search_messages(pool: &AnyPool, s: &Search) -> Result<Vec<Value>, S
     let rows = q.fetch_all(pool).await?;
     rows.iter().map(message_summary).collect()
 }
-
-/// The CRM store's entities, as the change history names them (its index leads with the entity).
-const ENTITIES: &str =
-    "'customer','vehicle','dealer','lead','lead_result','campaign','campaign_result'";
 
 enum Bind {
     Text(String),

@@ -98,8 +98,8 @@ async fn sshd_killed_mid_file_resumes_and_imports_every_row_once() {
             .await
             .unwrap();
     assert_eq!(stored as usize, rows, "every row once");
-    // Rows applied straight through are found by their batch's keys, the others as records of
-    // their own: either way, each line's source_ref once among what was not a duplicate.
+    // Rows applied straight through are found by their batch's line span, the others as records
+    // of their own: either way, each line once among what was not a duplicate.
     let (journaled, records) = fixture::lines_found(
         &pool,
         "m.endpoint = 'osm_vehicles_sftp_in' AND m.status <> 'duplicate' \

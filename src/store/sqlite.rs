@@ -34,11 +34,17 @@ pub struct SqliteBackend {
     writer: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
-/// Pragmas for every connection. `synchronous = FULL` in WAL mode: a commit is on disk when it
-/// returns, so a 202 survives power loss, not only a process crash. 16 MiB of page cache per
-/// writer connection: enough for the hot index pages; a bigger cache only grew the hub with its data.
+/// Pragmas for the writer's connections. `synchronous = FULL` in WAL mode: a commit is on disk
+/// when it returns, so a 202 survives power loss, not only a process crash. 16 MiB of page cache
+/// per writer connection: enough for the hot index pages; a bigger cache only grew the hub with
+/// its data. The writer's own automatic checkpoint is only a backstop, at 4,096 WAL pages
+/// (16 MiB) instead of SQLite's 1,000: normally the checkpoint thread ([`spawn_checkpointer`])
+/// has copied most of the log by then. The backstop also keeps the log bounded: a passive
+/// checkpoint beside a busy writer rarely finds the log whole, while the writer's own runs
+/// between its commits, completes, and lets the next commit start the log over.
 const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; \
-                       PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384;";
+                       PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16384; \
+                       PRAGMA wal_autocheckpoint = 4096;";
 
 impl SqliteBackend {
     pub async fn open(url: &str) -> Result<SqliteBackend, StoreError> {
@@ -77,20 +83,12 @@ impl SqliteBackend {
             .connect_with(opts)
             .await?;
 
-        let lite = match file_path(&url) {
-            Some(path) => Some(LiteConn::open(&path, PRAGMAS)?),
-            None => None,
-        };
-        let checkpoints = match file_path(&url) {
-            Some(path) => {
-                // Both writer connections leave checkpoints to the checkpoint thread.
-                writer.execute(WRITER_CHECKPOINT_BACKSTOP).await?;
-                if let Some(l) = &lite {
-                    l.batch(WRITER_CHECKPOINT_BACKSTOP)?;
-                }
-                Some(spawn_checkpointer(path)?)
-            }
-            _ => None,
+        let (lite, checkpoints) = match file_path(&url) {
+            Some(path) => (
+                Some(LiteConn::open(&path, PRAGMAS)?),
+                Some(spawn_checkpointer(path)?),
+            ),
+            None => (None, None),
         };
 
         let (tx, rx) = mpsc::channel::<Job>(8192);
@@ -121,13 +119,6 @@ impl SqliteBackend {
         })
     }
 }
-
-/// The writer's own automatic checkpoint only as a backstop, at 4,096 WAL pages (16 MiB) instead
-/// of SQLite's 1,000: normally the checkpoint thread has copied most of the log by then. The
-/// backstop also keeps the log bounded: a passive checkpoint beside a busy writer rarely finds
-/// the log whole, while the writer's own runs between its commits, completes, and lets the next
-/// commit start the log over.
-const WRITER_CHECKPOINT_BACKSTOP: &str = "PRAGMA wal_autocheckpoint = 4096;";
 
 /// Starts the thread that checkpoints the WAL beside the writer: copying committed pages into
 /// the database file (and its fsync) was a tenth of the single writer's time, and here it runs

@@ -2,7 +2,8 @@
 //! batches from concurrent HTTP clients, each 202 only after commit; in the same run, the raw
 //! batched SQLite insert rate on the same disk as the baseline, and the ratio of the two; then
 //! the latency distribution at a fixed offered load. `cargo bench --bench ingest` prints all;
-//! `-- --smoke` runs a few seconds only (CI); `-- --ingest-only` stops after the first phase.
+//! `-- --smoke` runs a few seconds only (CI); `-- --ingest-only` stops after the first phase;
+//! `-- --latency-only` runs only the fixed-load latency phase (on an empty journal).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -188,6 +189,14 @@ async fn main() {
         .unwrap();
     let seq = Arc::new(AtomicUsize::new(0));
 
+    let latency_only = std::env::args().any(|a| a == "--latency-only");
+    if latency_only {
+        let hub = start_hub(dir.path(), true).await;
+        let (lat, lat_backlog) = fixed_load(&client, &hub, &seq, lat_secs).await;
+        hub.shutdown().await;
+        print_latency(&lat, lat_backlog);
+        return;
+    }
     // 1. Durable ingest alone: the journal commit path (validate, map, route, journal, 202), with
     //    deliveries paused (dispatch.enabled = false) so the figure is the ingest path's own.
     let hub = start_hub(dir.path(), false).await;
@@ -210,29 +219,8 @@ async fn main() {
     let mixed_backlog = open_deliveries(&hub).await;
     drain(&hub).await;
 
-    // 4. Latency at a fixed offered load of 5,000 records/s (50 requests/s of 100 records),
-    //    dispatcher running.
-    let mut lat = Vec::new();
-    let mut handles = Vec::new();
-    let interval = Duration::from_millis(20);
-    let t0 = Instant::now();
-    let mut k = 0u32;
-    while t0.elapsed().as_secs_f64() < lat_secs {
-        tokio::time::sleep_until((t0 + interval * k).into()).await;
-        k += 1;
-        let (client, base) = (client.clone(), hub.base.clone());
-        let n = seq.fetch_add(1, Ordering::Relaxed);
-        handles.push(tokio::spawn(async move {
-            let t = Instant::now();
-            post_batch(&client, &base, n).await;
-            t.elapsed().as_secs_f64() * 1000.0
-        }));
-    }
-    for h in handles {
-        lat.push(h.await.unwrap());
-    }
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let lat_backlog = open_deliveries(&hub).await;
+    // 4. Latency at a fixed offered load of 5,000 records/s, dispatcher running.
+    let (lat, lat_backlog) = fixed_load(&client, &hub, &seq, lat_secs).await;
     hub.shutdown().await;
 
     // 5. Baseline on the same disk, measured in the same run.
@@ -255,11 +243,47 @@ async fn main() {
     println!(
         "  ingest with the dispatcher running: {mixed_rate:.0} records/s (backlog {mixed_backlog} when the clients stopped)"
     );
+    print_latency(&lat, lat_backlog);
+}
+
+/// Offers 5,000 records/s (50 requests/s of 100 records, open loop) for `secs`; the sorted
+/// request latencies in ms and the open deliveries left when the load stopped.
+async fn fixed_load(
+    client: &reqwest::Client,
+    hub: &BenchHub,
+    seq: &Arc<AtomicUsize>,
+    secs: f64,
+) -> (Vec<f64>, i64) {
+    let mut lat = Vec::new();
+    let mut handles = Vec::new();
+    let interval = Duration::from_millis(20);
+    let t0 = Instant::now();
+    let mut k = 0u32;
+    while t0.elapsed().as_secs_f64() < secs {
+        tokio::time::sleep_until((t0 + interval * k).into()).await;
+        k += 1;
+        let (client, base) = (client.clone(), hub.base.clone());
+        let n = seq.fetch_add(1, Ordering::Relaxed);
+        handles.push(tokio::spawn(async move {
+            let t = Instant::now();
+            post_batch(&client, &base, n).await;
+            t.elapsed().as_secs_f64() * 1000.0
+        }));
+    }
+    for h in handles {
+        lat.push(h.await.unwrap());
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let backlog = open_deliveries(hub).await;
+    (lat, backlog)
+}
+
+fn print_latency(lat: &[f64], backlog: i64) {
     println!(
-        "  latency at 5,000 records/s offered, dispatcher running ({} requests): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; backlog after: {lat_backlog}",
+        "  latency at 5,000 records/s offered, dispatcher running ({} requests): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; backlog after: {backlog}",
         lat.len(),
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
-        percentile(&lat, 1.0)
+        percentile(lat, 0.50),
+        percentile(lat, 0.99),
+        percentile(lat, 1.0)
     );
 }

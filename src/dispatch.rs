@@ -22,7 +22,7 @@ use crate::store::{BoxFuture, Store, StoreError, now_ms};
 use crate::telemetry::metrics_names as m;
 
 /// Most CRM-store deliveries applied in one write transaction.
-const CRM_BATCH: i64 = 64;
+const CRM_BATCH: i64 = 16;
 /// CRM batches applied at once.
 const CRM_WORKERS: usize = 2;
 
@@ -389,7 +389,7 @@ impl Dispatcher {
             }
             let res = self
                 .store
-                .write_exec(move |conn| {
+                .write_background(move |conn| {
                     Box::pin(async move {
                         let approval = move |target: &str| crm.get(target).copied().unwrap_or(true);
                         let results =

@@ -92,6 +92,11 @@ pub enum Job {
     /// Work written against [`exec::Exec`] only (accept, claim, outcome): on SQLite it runs on
     /// the writer's own connection, without a round trip per statement.
     Exec(ExecJob),
+    /// [`Job::Exec`] work no client is waiting on (the dispatcher's CRM batches, tens of
+    /// milliseconds each): the SQLite writer commits the jobs of waiting callers (a 202) before
+    /// it, in a transaction of their own, and takes turns between the two kinds so neither
+    /// starves.
+    Background(ExecJob),
 }
 
 pub type AnyJob = Box<dyn for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, JobDone> + Send>;
@@ -214,6 +219,22 @@ impl Store {
             + 'static,
     {
         self.enqueue_exec(f).await?.await
+    }
+
+    /// [`Store::write_exec`] for long work no client waits on (see [`Job::Background`]).
+    pub async fn write_background<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut dyn exec::Exec) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let job: ExecJob = Box::new(move |conn: &mut dyn exec::Exec| {
+            Box::pin(async move { job_done(f(conn).await, tx) })
+        });
+        self.backend.submit(Job::Background(job)).await?;
+        committed(rx).await
     }
 
     /// [`Store::enqueue`] for [`exec::Exec`] work.

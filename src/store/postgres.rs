@@ -50,7 +50,7 @@ impl Backend for PgBackend {
         let mut tx = self.pool.begin().await?;
         let done = match job {
             Job::Any(job) => job(&mut tx).await,
-            Job::Exec(job) => job(&mut *tx).await,
+            Job::Exec(job) | Job::Background(job) => job(&mut *tx).await,
         };
         if done.ok {
             let committed = tx.commit().await.map_err(StoreError::from);

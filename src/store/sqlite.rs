@@ -4,6 +4,7 @@
 //! hot jobs (accept, claim, outcome, CRM apply) run on the thread's own rusqlite connection; the
 //! rest on sqlx's. A second thread checkpoints the WAL into the database file beside it.
 
+use std::collections::VecDeque;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -182,7 +183,7 @@ struct Writer {
 impl Writer {
     fn side(&self, job: &Job) -> Side {
         match job {
-            Job::Exec(_) if self.lite.is_some() => Side::Lite,
+            Job::Exec(_) | Job::Background(_) if self.lite.is_some() => Side::Lite,
             _ => Side::Any,
         }
     }
@@ -202,8 +203,8 @@ impl Writer {
 
     async fn run(&mut self, job: Job) -> JobDone {
         match (job, self.lite.as_mut()) {
-            (Job::Exec(job), Some(lite)) => job(lite).await,
-            (Job::Exec(job), None) => job(&mut self.any).await,
+            (Job::Exec(job) | Job::Background(job), Some(lite)) => job(lite).await,
+            (Job::Exec(job) | Job::Background(job), None) => job(&mut self.any).await,
             (Job::Any(job), _) => job(&mut self.any).await,
         }
     }
@@ -215,33 +216,58 @@ enum Side {
     Lite,
 }
 
-async fn writer_loop(mut writer: Writer, mut rx: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_GROUP {
+/// Jobs taken from the queue, split by whether a caller is waiting for them.
+#[derive(Default)]
+struct Waiting {
+    /// Callers waiting (accepts, claims, outcomes, operators), in queue order.
+    now: Vec<Job>,
+    /// [`Job::Background`] work, in queue order.
+    later: VecDeque<Job>,
+}
+
+impl Waiting {
+    fn take(&mut self, job: Job) {
+        match job {
+            Job::Background(_) => self.later.push_back(job),
+            job => self.now.push(job),
+        }
+    }
+
+    /// Moves what is queued now into `self`, without waiting.
+    fn fill(&mut self, rx: &mut mpsc::Receiver<Job>) {
+        while self.now.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => self.take(job),
                 Err(_) => break,
             }
         }
-        let (t0, jobs) = (std::time::Instant::now(), batch.len() as u64);
-        // Queue order is kept: consecutive jobs of one side share a transaction, and a change of
-        // side commits (the two connections cannot share one transaction).
-        let mut run: Vec<Job> = Vec::with_capacity(batch.len());
-        let mut side = None;
-        for job in batch.drain(..) {
-            let s = writer.side(&job);
-            if side.is_some_and(|cur| cur != s) {
-                run_group(&mut writer, side.unwrap_or(s), &mut run).await;
-                metrics::counter!(m::STORE_COMMITS).increment(1);
+    }
+}
+
+/// Takes turns between the two kinds of job: a group of everything waiting callers queued,
+/// then background work until a caller waits again (at least one job), and so on. Callers' jobs
+/// are concurrent with the background ones (each submitter waits for its own), so running them
+/// first reorders nothing anyone could observe; among themselves each kind keeps queue order.
+async fn writer_loop(mut writer: Writer, mut rx: mpsc::Receiver<Job>) {
+    let mut waiting = Waiting::default();
+    let mut background_turn = false;
+    loop {
+        if waiting.now.is_empty() && waiting.later.is_empty() {
+            match rx.recv().await {
+                Some(job) => waiting.take(job),
+                None => break,
             }
-            side = Some(s);
-            run.push(job);
         }
-        if let Some(s) = side {
-            run_group(&mut writer, s, &mut run).await;
-            metrics::counter!(m::STORE_COMMITS).increment(1);
+        waiting.fill(&mut rx);
+        let t0 = std::time::Instant::now();
+        let jobs;
+        if !waiting.later.is_empty() && (background_turn || waiting.now.is_empty()) {
+            background_turn = false;
+            jobs = run_background(&mut writer, &mut waiting, &mut rx).await;
+        } else {
+            background_turn = true;
+            jobs = waiting.now.len() as u64;
+            run_callers(&mut writer, &mut waiting.now).await;
         }
         metrics::counter!(m::STORE_JOBS).increment(jobs);
         metrics::counter!(m::STORE_BUSY).increment(t0.elapsed().as_micros() as u64);
@@ -250,12 +276,67 @@ async fn writer_loop(mut writer: Writer, mut rx: mpsc::Receiver<Job>) {
     let _ = writer.any.close().await;
 }
 
-async fn run_group(w: &mut Writer, side: Side, batch: &mut Vec<Job>) {
+/// Commits `jobs` in queue order: consecutive jobs of one side share a transaction, and a
+/// change of side commits (the two connections cannot share one transaction).
+async fn run_callers(writer: &mut Writer, jobs: &mut Vec<Job>) {
+    let mut run: Vec<Job> = Vec::with_capacity(jobs.len());
+    let mut side = None;
+    for job in jobs.drain(..) {
+        let s = writer.side(&job);
+        if side.is_some_and(|cur| cur != s) {
+            run_group(writer, side.unwrap_or(s), &mut run, None).await;
+            metrics::counter!(m::STORE_COMMITS).increment(1);
+        }
+        side = Some(s);
+        run.push(job);
+    }
+    if let Some(s) = side {
+        run_group(writer, s, &mut run, None).await;
+        metrics::counter!(m::STORE_COMMITS).increment(1);
+    }
+}
+
+/// Runs background jobs in one transaction, one after another, until none is left or a caller's
+/// job has arrived: then it commits, so that caller waits for at most one background job.
+async fn run_background(
+    writer: &mut Writer,
+    waiting: &mut Waiting,
+    rx: &mut mpsc::Receiver<Job>,
+) -> u64 {
+    let Some(first) = waiting.later.pop_front() else {
+        return 0;
+    };
+    let side = writer.side(&first);
+    let mut n = 1u64;
+    let mut run = vec![first];
+    let mut more = || {
+        waiting.fill(rx);
+        if !waiting.now.is_empty() {
+            return None;
+        }
+        let next = waiting.later.pop_front()?;
+        n += 1;
+        Some(next)
+    };
+    run_group(writer, side, &mut run, Some(&mut more)).await;
+    metrics::counter!(m::STORE_COMMITS).increment(1);
+    n
+}
+
+/// Runs `batch`, then the jobs `more` hands over, in one transaction, and tells each job's
+/// caller after COMMIT. `more` is asked each time the jobs so far have run, so it sees jobs that
+/// arrived meanwhile; pass `None` for a fixed group.
+async fn run_group(
+    w: &mut Writer,
+    side: Side,
+    batch: &mut Vec<Job>,
+    mut more: Option<&mut dyn FnMut() -> Option<Job>>,
+) {
     // A savepoint per job lets one failing accept roll back alone while its neighbours in the
     // same group commit go through. A single job needs none: the transaction is its own. The
     // transaction and savepoint statements between two jobs go as one: `RELEASE job; SAVEPOINT
     // job` (through sqlx, every statement is a round trip to SQLite's thread).
-    let single = batch.len() == 1;
+    let single = batch.len() == 1 && more.is_none();
     let begin = if single {
         "BEGIN IMMEDIATE"
     } else {
@@ -269,16 +350,22 @@ async fn run_group(w: &mut Writer, side: Side, batch: &mut Vec<Job>) {
         }
         return;
     }
-    let mut finishes = Vec::with_capacity(batch.len());
-    let total = batch.len();
+    let mut pending: VecDeque<Job> = batch.drain(..).collect();
+    let mut finishes = Vec::with_capacity(pending.len());
     let mut savepoint_lost: Option<StoreError> = None;
-    for (i, job) in batch.drain(..).enumerate() {
+    while let Some(job) = pending.pop_front() {
         if let Some(err) = savepoint_lost.clone() {
             fail_unrun(job, err);
             continue;
         }
         let done = w.run(job).await;
-        let last = i + 1 == total;
+        if pending.is_empty()
+            && let Some(more) = more.as_mut()
+            && let Some(job) = more()
+        {
+            pending.push_back(job);
+        }
+        let last = pending.is_empty();
         if !single {
             let sql = match (done.ok, last) {
                 (true, false) => "RELEASE job; SAVEPOINT job",
